@@ -1,0 +1,23 @@
+"""rnnkit: recurrent neural networks as the textbooks define them, fast on CPU."""
+
+from rnnkit.cells import GRUCell, LSTMCell, LSTMState, RNNCell
+from rnnkit.driver import detach_state
+from rnnkit.heads import OutputLayer
+from rnnkit.kernels import last_backend
+from rnnkit.layers import GRU, LSTM, RNN, RecurrentLayer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
+    "LSTMState",
+    "OutputLayer",
+    "RNN",
+    "RNNCell",
+    "RecurrentLayer",
+    "detach_state",
+    "last_backend",
+]

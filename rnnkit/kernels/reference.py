@@ -1,0 +1,51 @@
+"""The reference recurrent loop: autograd over the explicit cell equations.
+
+This is the oracle every fast path is tested against, and the fallback wherever none applies.
+Cost per step is constant (outputs are collected in a list and stacked once), so time grows
+linearly with T.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from rnnkit.cells.base import Recurrence, State, Weights, map_state
+
+
+def run_direction(
+    recurrence: Recurrence,
+    weights: Weights,
+    x: Tensor,
+    state: State,
+    mask: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, State]:
+    """Run one layer in one direction over a time-major sequence.
+
+    Arguments: ``x (T, N, I)``; ``state`` the initial state (batch ``N``); ``mask (T, N, 1)``
+    bool, true where step t lies within sequence n's length (``None``: all steps valid);
+    ``reverse`` runs t = T-1 ... 0.
+
+    Returns ``outputs (T, N, H)``, zero past each length, and the state after each sequence's
+    last valid step. Where a step is masked the state is held, so in reverse each sequence
+    starts from the initial state at its own last element, as with packed sequences in torch.
+    """
+    # unbind, not gx[t]: the backward of indexing writes a full (T, N, G*H) zero tensor per
+    # step (O(T^2) work), while unbind's backward stacks the step gradients once.
+    gx_steps = F.linear(x, weights.weight_ih, weights.bias_ih).unbind(0)  # all steps in one GEMM
+    valid_steps = mask.unbind(0) if mask is not None else None
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    outputs: list[Tensor] = [x] * x.shape[0]  # placeholders, each overwritten below
+    for t in steps:
+        h, new_state = recurrence.step(gx_steps[t], state, weights.weight_hh, weights.bias_hh)
+        if valid_steps is not None:
+            valid = valid_steps[t]
+            new_state = map_state(partial(torch.where, valid), new_state, state)  # hold state past length
+            h = torch.where(valid, h, torch.zeros_like(h))
+        state = new_state
+        outputs[t] = h
+    return torch.stack(outputs), state
