@@ -3,6 +3,7 @@
 from rnnkit.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnkit.driver import detach_state
 from rnnkit.heads import OutputLayer
+from rnnkit.io import load
 from rnnkit.kernels import last_backend
 from rnnkit.layers import GRU, LSTM, RNN, RecurrentLayer
 
@@ -19,5 +20,6 @@ __all__ = [
     "RNNCell",
     "RecurrentLayer",
     "detach_state",
+    "load",
     "last_backend",
 ]

@@ -1,26 +1,218 @@
-"""The ``rnnkit`` command line."""
+"""The ``rnnkit`` command line.
+
+``rnnkit train <app>`` builds every app's parser from the same shared training options (see
+:func:`add_train_options`), so ``--steps | --minutes``, ``--out``, ``--seed``, ``--resume``,
+``--cell``, clipping and ``--bptt-steps`` mean the same everywhere. User errors print one line
+(``rnnkit: error: ...``) and exit 2; set ``RNNKIT_DEBUG=1`` for the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
 import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
 
 import rnnkit
+from rnnkit.apps import APPS, get_app
+from rnnkit.train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, from_environment
+from rnnkit.train.checkpoint import atomic_write_text
+
+USER_ERRORS = (ValueError, TypeError, CheckpointError, TrainingDiverged, FileNotFoundError, PermissionError)
+ARGS_FILE = "args.json"
+
+
+def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any], cells: tuple[str, ...]) -> None:
+    """The training options every application shares; ``defaults`` are the app's."""
+    base = TrainConfig(**{"steps": 1, **{k: v for k, v in defaults.items() if k not in ("steps", "minutes")}})
+    group = parser.add_argument_group("training (the same for every application)")
+    budget = group.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="total optimizer steps (counted across --resume)")
+    budget.add_argument("--minutes", type=float, help=f"wall-time budget of this run (default: {defaults.get('minutes')})")
+    group.add_argument("--out", default=None, help="run directory: checkpoints, metrics, plot, final model (default: runs/<app>)")
+    group.add_argument("--seed", type=int, default=0, help="seeds weights, dropout and data order (default: 0)")
+    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    group.add_argument("--cell", choices=cells, default=cells[0], help=f"recurrent cell (default: {cells[0]})")
+    clip = group.add_mutually_exclusive_group()
+    clip.add_argument(
+        "--clip-norm", type=float, default=base.clip_norm, help="clip the global gradient norm (default: %(default)s)"
+    )
+    clip.add_argument("--clip-value", type=float, help="clip each gradient element instead")
+    clip.add_argument("--no-clip", action="store_true", help="no clipping (the pre-clip norm is still logged)")
+    group.add_argument(
+        "--bptt-steps", type=int, default=base.bptt_steps, help="truncated-BPTT chunk length (default: %(default)s)"
+    )
+    group.add_argument("--lr", type=float, default=base.lr, help="learning rate (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=base.batch_size, help="global batch size (default: %(default)s)")
+    group.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=base.checkpoint_every,
+        help="optimizer steps between checkpoints (default: %(default)s)",
+    )
+    group.add_argument(
+        "--eval-every", type=int, default=base.eval_every, help="optimizer steps between evaluations (default: %(default)s)"
+    )
+    group.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=base.optimizer)
+    group.add_argument("--weight-decay", type=float, default=base.weight_decay)
+    group.add_argument(
+        "--schedule", choices=("constant", "cosine", "step"), default=base.schedule, help="after warm-up (cosine needs --steps)"
+    )
+    group.add_argument("--warmup-steps", type=int, default=base.warmup_steps)
+    group.add_argument(
+        "--early-stop-patience",
+        type=int,
+        default=base.early_stop_patience,
+        help="evaluations without improvement before stopping",
+    )
+    group.add_argument("--keep-checkpoints", type=int, default=base.keep_checkpoints)
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def train_config(args: argparse.Namespace, defaults: dict[str, Any]) -> TrainConfig:
+    steps, minutes = args.steps, args.minutes
+    clip_norm = None if (args.no_clip or args.clip_value) else args.clip_norm
+    if steps is None and minutes is None:
+        steps, minutes = defaults.get("steps"), defaults.get("minutes")
+    return TrainConfig(
+        steps=steps, minutes=minutes, out=args.out, seed=args.seed, resume=args.resume, batch_size=args.batch_size,
+        bptt_steps=args.bptt_steps, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        schedule=args.schedule, warmup_steps=args.warmup_steps, clip_norm=clip_norm,
+        clip_value=args.clip_value, eval_every=args.eval_every, early_stop_patience=args.early_stop_patience,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkit", description="Recurrent neural networks: train, generate, evaluate.")
     parser.add_argument("--version", action="version", version=f"rnnkit {rnnkit.__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train an application's model")
+    apps = train.add_subparsers(dest="app", metavar="APP", required=True)
+    for name in APPS:
+        app = get_app(name)
+        app_parser = apps.add_parser(name, help=(app.__doc__ or "").strip().splitlines()[0])
+        add_train_options(app_parser, app.TRAIN_DEFAULTS, app.CELL_CHOICES)
+        app.add_arguments(app_parser)
+
+    generate = commands.add_parser("generate", help="generate text with a trained char-LM")
+    generate.add_argument("--model", required=True, help="model directory (the --out of training)")
+    generate.add_argument("--prime", default="", help="text to start from (default: none)")
+    generate.add_argument("--length", type=int, default=500)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (argmax)")
+    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--top-p", type=float)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--allow-unknown", action="store_true", help="map characters the model never saw to the unknown symbol")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a trained model on its validation data")
+    evaluate.add_argument("--model", required=True, help="model directory")
+    evaluate.add_argument("--data", help="other data to evaluate on (same format as training)")
+
+    demo = commands.add_parser("demo", help="the main job: train a Shakespeare char-LM for a few minutes, then generate")
+    demo.add_argument("--minutes", type=float, default=4.0, help="training time (default: %(default)s)")
+    demo.add_argument("--out", help="run directory (default: runs/demo-<time>)")
+    demo.add_argument("--seed", type=int, default=0)
     return parser
 
 
+def run_train(app_name: str, argv: list[str], parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """Train an app as the (already parsed) arguments say; returns (trainer result, app, args)."""
+    app = get_app(app_name)
+    args.out = args.out or f"runs/{app_name}"
+    saved = Path(args.out) / ARGS_FILE
+    if args.resume and saved.is_file():  # the first run's options, unless given again now
+        previous = json.loads(saved.read_text())
+        app_parser = parser._subparsers._group_actions[0].choices["train"]._subparsers._group_actions[0].choices[app_name]
+        app_parser.set_defaults(**{k: v for k, v in previous.items() if k not in ("steps", "minutes", "resume")})
+        args = parser.parse_args(argv)
+        args.out = args.out or f"runs/{app_name}"
+    config = train_config(args, app.TRAIN_DEFAULTS)
+    context = from_environment()
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    task, batches = app.build(args, config, context)
+    if context.is_main:
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        if not args.resume or not saved.is_file():
+            atomic_write_text(saved, json.dumps({k: v for k, v in vars(args).items() if k not in ("command", "app")}, indent=1))
+    result = Trainer(task, batches, config, context).fit()
+    return result, app, args
+
+
+def print_result(result: Any) -> None:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.last_eval.items() if isinstance(v, float))
+    print(f"stopped ({result.stopped}) at step {result.step}; {metrics}")
+    print(f"model saved in {result.out}")
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    loaded = rnnkit.load(args.model)
+    if not hasattr(loaded, "stream"):
+        raise ValueError(f"{args.model} is not a text-generation model")
+    options = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    stream = loaded.stream(args.prime, args.length, allow_unknown=args.allow_unknown, **options)
+    first = next(stream, "")  # validate everything before printing anything
+    sys.stdout.write(args.prime + first)
+    for char in stream:
+        sys.stdout.write(char)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from rnnkit.io import read_model_dir
+
+    config, _ = read_model_dir(Path(args.model))
+    loaded = rnnkit.load(args.model)
+    metrics = get_app(config["app"]).evaluate_model(loaded, config, args)
+    for key, value in metrics.items():
+        print(f"{key:>15}: {value:.4f}" if isinstance(value, float) else f"{key:>15}: {value}")
+
+
+def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    from rnnkit.apps import charlm
+
+    argv = ["train", "charlm", "--minutes", str(args.minutes), "--out", out, "--seed", str(args.seed), *charlm.DEMO_FLAGS]
+    train_args = parser.parse_args(argv)
+    print(f"Training a character-level LSTM on Shakespeare for {args.minutes:g} minutes ({' '.join(charlm.DEMO_FLAGS)})")
+    result, _, _ = run_train("charlm", argv, parser, train_args)
+    print_result(result)
+    print(f"\nA passage generated from the prime 'ROMEO:' (temperature 0.8, seed {args.seed}):\n")
+    model = rnnkit.load(out)
+    print("ROMEO:" + model.generate("ROMEO:", 600, temperature=0.8, seed=args.seed))
+    print(f"\nModel saved in {out}. Next: rnnkit generate --model {out} --prime 'JULIET:' --length 500")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    try:
+        if args.command == "train":
+            result, _, _ = run_train(args.app, argv, parser, args)
+            print_result(result)
+        elif args.command == "generate":
+            run_generate(args)
+        elif args.command == "evaluate":
+            run_evaluate(args)
+        elif args.command == "demo":
+            run_demo(args, parser)
+        else:
+            parser.print_help()
+    except USER_ERRORS as error:
+        if os.environ.get("RNNKIT_DEBUG"):
+            raise
+        print(f"rnnkit: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

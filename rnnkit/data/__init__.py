@@ -1,0 +1,2 @@
+"""Data: corpora and vocabularies (no network: everything comes from installed packages or
+the user's files)."""

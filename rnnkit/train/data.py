@@ -1,0 +1,132 @@
+"""Resumable batch sources for the trainer: contiguous TBPTT streams and shuffled sequences.
+
+Each source is an endless iterator of :class:`Batch` with a ``state_dict`` that records its
+position exactly, so a resumed run reads the same batches an uninterrupted one would.
+``rank``/``world_size`` take this process's contiguous share of every global batch, so the
+union over ranks is the 1-process batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """One training batch: ``data`` for the task, ``tokens`` for throughput, and whether it
+    starts the streams afresh (the trainer then drops the carried state)."""
+
+    data: Any
+    tokens: int
+    size: int  # sequences in this process's batch
+    starts_streams: bool = False
+
+
+def _share(global_batch: int, rank: int, world_size: int) -> slice:
+    if global_batch % world_size:
+        raise ValueError(f"batch_size {global_batch} must be divisible by the number of processes {world_size}")
+    per_rank = global_batch // world_size
+    return slice(rank * per_rank, (rank + 1) * per_rank)
+
+
+class StreamBatches:
+    """Truncated-BPTT batches over one long token sequence, char-rnn style.
+
+    The ``L`` tokens are laid out as ``batch_size`` contiguous streams of ``S = (L - 1) // B``
+    steps each (a strided view: nothing is copied); chunk ``c`` is columns ``c*K ... c*K+K`` of
+    every stream, inputs ``(B, K)`` and targets shifted by one. Consecutive chunks continue
+    each stream, so the state is carried across them; after the last whole chunk the streams
+    start again (``starts_streams``). Tokens past the last whole chunk are not used.
+    """
+
+    stateful = True
+
+    def __init__(self, tokens: Tensor, batch_size: int, bptt_steps: int, rank: int = 0, world_size: int = 1) -> None:
+        if tokens.dim() != 1:
+            raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
+        stream_length = (tokens.numel() - 1) // batch_size
+        self.chunks = stream_length // bptt_steps
+        if self.chunks < 1:
+            raise ValueError(
+                f"the corpus has {tokens.numel()} tokens, fewer than one chunk needs "
+                f"(batch_size * bptt_steps + 1 = {batch_size * bptt_steps + 1})"
+            )
+        self.bptt_steps, self.batch_size = bptt_steps, batch_size
+        streams = tokens.as_strided((batch_size, stream_length + 1), (stream_length * tokens.stride(0), tokens.stride(0)))
+        self.streams = streams[_share(batch_size, rank, world_size)]
+        self.epoch, self.chunk = 0, 0
+
+    def __iter__(self) -> StreamBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.chunk == self.chunks:
+            self.epoch, self.chunk = self.epoch + 1, 0
+        start = self.chunk * self.bptt_steps
+        window = self.streams[:, start : start + self.bptt_steps + 1]
+        inputs, targets = window[:, :-1].contiguous(), window[:, 1:].contiguous()
+        batch = Batch((inputs, targets), inputs.numel(), inputs.shape[0], self.chunk == 0)
+        self.chunk += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "chunk": self.chunk}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.chunk = int(state["epoch"]), int(state["chunk"])
+
+
+class ShuffledBatches:
+    """Full-BPTT batches of whole examples, reshuffled every epoch with a seeded generator.
+
+    ``collate(list_of_examples) -> (data, tokens)`` builds the batch (padding plus ``lengths``).
+    The permutation of epoch ``e`` depends only on ``(seed, e)``; incomplete final batches are
+    dropped so every step has the same batch size on every rank.
+    """
+
+    stateful = False
+
+    def __init__(
+        self,
+        examples: Sequence[Any],
+        batch_size: int,
+        collate: Callable[[list[Any]], tuple[Any, int]],
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if len(examples) < batch_size:
+            raise ValueError(f"there are {len(examples)} training examples, fewer than one batch ({batch_size})")
+        self.examples, self.batch_size, self.collate, self.seed = examples, batch_size, collate, seed
+        self.share = _share(batch_size, rank, world_size)
+        self.batches_per_epoch = len(examples) // batch_size
+        self.epoch, self.index = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.examples), generator=generator)
+
+    def __iter__(self) -> ShuffledBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.index == self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        chosen = self._order[self.index * self.batch_size : (self.index + 1) * self.batch_size][self.share]
+        self.index += 1
+        data, tokens = self.collate([self.examples[i] for i in chosen.tolist()])
+        return Batch(data, tokens, len(chosen))
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._permutation(self.epoch)

@@ -1,0 +1,385 @@
+"""The one Trainer every application uses: full or truncated BPTT, clipping, a NaN guard,
+schedules, early stopping, atomic checkpoints with exact resume, logs, and data parallelism.
+
+An application provides a :class:`Task` (its model, a loss over one batch, an evaluation) and a
+batch source from :mod:`rnnkit.train.data`; everything else is here.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import threading
+import time
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.cells.base import State
+from rnnkit.driver import detach_state
+from rnnkit.train import checkpoint as ckpt
+from rnnkit.train.config import TrainConfig
+from rnnkit.train.distributed import DistContext, all_gather_cat, all_reduce_sum
+from rnnkit.train.metrics import MetricsLog, plot_curves
+
+
+class Task(ABC):
+    """What an application gives the trainer.
+
+    ``model``: the module to train. ``name``: the application (saved with the model).
+    ``metric``: the key of :meth:`evaluate` that selects the best checkpoint and drives early
+    stopping (lower is better).
+    """
+
+    name: str = "task"
+    metric: str = "val_loss"
+    model: nn.Module
+
+    @abstractmethod
+    def loss(self, model: nn.Module, data: Any, state: State) -> tuple[Tensor, State]:
+        """Mean loss of one batch, and the state to carry into the next chunk (TBPTT) or None.
+
+        ``model`` is the module to call (it may be a DistributedDataParallel wrapper of
+        ``self.model``); ``state`` is the carried state, already detached, or None. A carried
+        state is laid out as rnnkit layers return it, ``(L*D, N, H)``: the batch is dim 1.
+        """
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Validation metrics, with ``model`` in eval mode and gradients off."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON that rebuilds the model (sizes, vocabulary, ...), saved beside its weights."""
+        return {}
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    stopped: str  # "steps", "time", "early_stop" or "interrupted"
+    best: float | None
+    out: Path
+    last_eval: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+
+
+def make_optimizer(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class Trainer:
+    """Trains ``task.model`` on ``data`` as ``config`` says; see :meth:`fit`."""
+
+    def __init__(self, task: Task, data: Any, config: TrainConfig, context: DistContext | None = None) -> None:
+        self.task, self.data, self.config = task, data, config
+        self.context = context or DistContext()
+        if config.bptt_steps is not None:
+            if not getattr(data, "stateful", False):
+                raise ValueError(
+                    "bptt_steps needs a stream source (rnnkit.train.StreamBatches): "
+                    "a shuffling loader would carry state between unrelated sequences"
+                )
+            if data.bptt_steps != config.bptt_steps:
+                raise ValueError(
+                    f"the stream source cuts chunks of {data.bptt_steps} steps but bptt_steps is {config.bptt_steps}"
+                )
+        self.model = task.model.to(self.context.device)
+        self.train_model: nn.Module = self.model
+        if self.context.active:
+            self.train_model = nn.parallel.DistributedDataParallel(self.model)
+        self.optimizer = make_optimizer(self.model.parameters(), config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, config.lr_factor)
+        self.out = Path(config.out)
+        self.checkpoints = self.out / "checkpoints"
+        self.log = MetricsLog(self.out / "metrics.jsonl")
+        self.step = 0
+        self.carry: State = None
+        self.carry_batch = 0
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.evals_since_best = 0
+        self.consecutive_bad = 0
+        self.skipped = 0
+        self.last_eval: dict[str, float] = {}
+        self._interrupted = False
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train until ``steps`` or ``minutes`` runs out, early stopping or Ctrl-C; checkpoint
+        every ``checkpoint_every`` steps and at the end; write the model, metrics and plot."""
+        config, main = self.config, self.context.is_main
+        self._start_or_resume()
+        deadline = None if config.minutes is None else time.monotonic() + 60 * config.minutes
+        previous_handler = self._catch_interrupt()
+        bar = self._progress_bar()
+        stopped, tokens, busy = "steps", 0, 0.0
+        try:
+            while config.steps is None or self.step < config.steps:
+                started = time.perf_counter()
+                loss, norm, batch_tokens = self._train_step()
+                busy += time.perf_counter() - started
+                tokens += batch_tokens * self.context.world_size
+                if main:
+                    record = {"kind": "train", "step": self.step, "loss": loss, "grad_norm": norm}
+                    record.update(lr=self.scheduler.get_last_lr()[0], tokens_per_s=tokens / max(busy, 1e-9))
+                    self.log.write(record)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+                stop = None
+                if self.step % config.eval_every == 0 and self._evaluate():
+                    stop = "early_stop"
+                if deadline is not None and time.monotonic() >= deadline:
+                    stop = stop or "time"
+                if self._interrupted:
+                    stop = "interrupted"
+                if self._agree(stop is not None):
+                    stopped = stop or "time"
+                    break
+                if self.step % config.checkpoint_every == 0 and self.consecutive_bad == 0:
+                    self._save()  # never in the middle of a run of non-finite steps
+        finally:
+            if bar is not None:
+                bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        if self.step % config.eval_every != 0 or not self.last_eval:
+            self._evaluate()
+        self._save()
+        if main:
+            self._export()
+        return TrainResult(self.step, stopped, self.best, self.out, self.last_eval, self.skipped)
+
+    def _train_step(self) -> tuple[float, float, int]:
+        """One optimizer step; a non-finite loss or gradient skips the update (the NaN guard)."""
+        config = self.config
+        batch = next(self.data)
+        if batch.starts_streams:
+            self.carry = None
+        if self.carry is not None and batch.size != self.carry_batch:
+            raise ValueError(
+                f"truncated BPTT needs a constant batch size: the carried state holds {self.carry_batch} "
+                f"sequences but this batch has {batch.size}"
+            )
+        self.carry_batch = batch.size
+        self.model.train()
+        loss, carry = self.task.loss(self.train_model, batch.data, self.carry)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # always, so that every rank joins the gradient all-reduce
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        # The pre-clip global norm, logged every step; gradients are already all-reduced here.
+        norm = torch.nn.utils.clip_grad_norm_(params, config.clip_norm or math.inf)
+        if config.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, config.clip_value)
+        stats = all_reduce_sum(torch.stack([loss.detach().float(), norm.float()]), self.context)
+        mean_loss = stats[0].item() / self.context.world_size
+        norm_value = stats[1].item() / self.context.world_size
+        self.step += 1
+        if math.isfinite(mean_loss) and math.isfinite(norm_value):
+            self.optimizer.step()
+            self.carry = detach_state(carry)  # TBPTT: the next chunk starts from here, graph cut
+            self.consecutive_bad = 0
+        else:
+            self.skipped += 1
+            self.consecutive_bad += 1
+            self.carry = None
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.context.is_main:
+                self.log.write({"kind": "skip", "step": self.step, "loss": mean_loss, "grad_norm": norm_value})
+                warnings.warn(f"step {self.step}: non-finite loss or gradient, update skipped", RuntimeWarning, stacklevel=2)
+            if self.consecutive_bad >= config.nan_patience:
+                last = ckpt.list_checkpoints(self.checkpoints)
+                where = f"; the last good checkpoint is {last[0]}" if last else ""
+                raise TrainingDiverged(
+                    f"training stopped at step {self.step}: {self.consecutive_bad} consecutive steps had a "
+                    f"non-finite loss or gradient (try a lower --lr or --clip-norm){where}"
+                )
+        self.scheduler.step()
+        return mean_loss, norm_value, batch.tokens
+
+    def _evaluate(self) -> bool:
+        """Evaluate on the main process; returns True when early stopping says stop."""
+        if not self.context.is_main:
+            return False
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.task.evaluate(self.model)
+        self.model.train()
+        if not metrics:
+            return False
+        self.last_eval = metrics
+        self.log.write({"kind": "eval", "step": self.step, **metrics})
+        value = metrics.get(self.task.metric)
+        if value is None:
+            return False
+        if self.best is None or value < self.best:
+            self.best, self.best_step, self.evals_since_best = value, self.step, 0
+        else:
+            self.evals_since_best += 1
+        patience = self.config.early_stop_patience
+        return patience is not None and self.evals_since_best >= patience
+
+    def _agree(self, stop: bool) -> bool:
+        """Every rank stops at the same step: any rank's reason to stop stops all."""
+        if not self.context.active:
+            return stop
+        return bool(all_reduce_sum(torch.tensor([float(stop)]), self.context).item() > 0)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _start_or_resume(self) -> None:
+        if self.context.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        existing = ckpt.list_checkpoints(self.checkpoints)
+        if not self.config.resume:
+            if existing:
+                raise ValueError(f"{self.out} already holds checkpoints: pass --resume to continue, or choose another --out")
+            if self.context.is_main and self.log.path.exists():
+                self.log.path.unlink()
+            return
+        found = ckpt.load_latest(self.checkpoints)
+        if found is None:
+            warnings.warn(f"--resume: no checkpoint in {self.checkpoints}, starting from scratch", RuntimeWarning, stacklevel=3)
+            return
+        tensors, meta, path = found
+        self._restore(tensors, meta)
+        if self.context.is_main:
+            self.log.truncate_after(self.step)
+
+    def _save(self) -> None:
+        """Checkpoint the whole training state (every rank takes part; the main one writes)."""
+        carry_kind, carry = None, {}
+        if self.carry is not None:
+            parts = self.carry if isinstance(self.carry, tuple) else (self.carry,)
+            carry_kind = type(self.carry).__name__ if isinstance(self.carry, tuple) else "tensor"
+            carry = {f"carry.{i}": all_gather_cat(t, self.context, dim=1) for i, t in enumerate(parts)}
+        rng = all_gather_cat(torch.get_rng_state().unsqueeze(0), self.context)
+        if not self.context.is_main:
+            return
+        optimizer_tensors, optimizer_meta = _optimizer_to_flat(self.optimizer)
+        meta = {
+            "task": self.task.name,
+            "model": self.task.describe(),
+            "config": self.config.to_json(),
+            "world_size": self.context.world_size,
+            "data": self.data.state_dict(),
+            "optimizer": optimizer_meta,
+            "scheduler": self.scheduler.state_dict(),
+            "python_random": _jsonable(random.getstate()),
+            "carry_kind": carry_kind,
+            "counters": {"best": self.best, "best_step": self.best_step, "evals_since_best": self.evals_since_best,
+                         "consecutive_bad": self.consecutive_bad, "skipped": self.skipped},
+        }  # fmt: skip
+        tensors = {"model": _cloned(self.model.state_dict()), "optimizer": optimizer_tensors, "state": {"rng": rng, **carry}}
+        ckpt.save_checkpoint(self.checkpoints, self.step, tensors, meta)
+        ckpt.prune(self.checkpoints, self.config.keep_checkpoints, {self.best_step} if self.best_step else set())
+
+    def _restore(self, tensors: dict[str, dict[str, Tensor]], meta: dict[str, Any]) -> None:
+        if meta.get("model") != _jsonable(self.task.describe()):
+            raise ValueError("the checkpoint in --out was made for a different model; choose another --out")
+        self.model.load_state_dict(tensors["model"])
+        self.optimizer.load_state_dict(_optimizer_from_flat(tensors["optimizer"], meta["optimizer"]))
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.data.load_state_dict(meta["data"])
+        random.setstate(_tupled(meta["python_random"]))
+        self.step = int(meta["step"])
+        counters = meta["counters"]
+        self.best, self.best_step = counters["best"], counters["best_step"]
+        self.evals_since_best, self.consecutive_bad = counters["evals_since_best"], counters["consecutive_bad"]
+        self.skipped = counters["skipped"]
+        state, rank, world = tensors["state"], self.context.rank, self.context.world_size
+        rng = state["rng"]
+        if meta["world_size"] != world:
+            warnings.warn("resuming with another number of processes: the run will not be bit-identical", stacklevel=3)
+        torch.set_rng_state(rng[min(rank, rng.shape[0] - 1)])
+        self.carry = None
+        if meta["carry_kind"] is not None:
+            parts = [state[f"carry.{i}"] for i in range(sum(k.startswith("carry.") for k in state))]
+            per_rank = parts[0].shape[1] // world
+            parts = [p[:, rank * per_rank : (rank + 1) * per_rank].to(self.context.device) for p in parts]
+            self.carry_batch = per_rank
+            if meta["carry_kind"] == "tensor":
+                self.carry = parts[0]
+            else:
+                from rnnkit.cells import LSTMState
+
+                self.carry = LSTMState(*parts)
+
+    def _export(self) -> None:
+        """The model directory: weights, config (with the app's description), curves."""
+        from rnnkit.io import save_model
+
+        save_model(self.out, self.task.name, self.task.describe(), self.model,
+                   extra={"train": self.config.to_json(), "step": self.step, "metrics": self.last_eval})  # fmt: skip
+        records = self.log.read()
+        if records:
+            plot_curves(records, self.out / "curves.png", self.task.metric, title=f"rnnkit {self.task.name}")
+
+    # -- console -----------------------------------------------------------------------------------
+    def _progress_bar(self) -> Any:
+        if not (self.config.progress and self.context.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True, desc=self.task.name)
+
+    def _catch_interrupt(self) -> Any:
+        """First Ctrl-C: finish the step, checkpoint, stop. A second one aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+
+        return signal.signal(signal.SIGINT, handler)
+
+
+def _cloned(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detached copies: tied (shared-storage) parameters become separate tensors for safetensors."""
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"{index}.{key}"] = value.detach().clone()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": _jsonable(state["param_groups"]), "scalars": scalars}
+
+
+def _optimizer_from_flat(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
