@@ -46,8 +46,8 @@ def play_markdown_to_text(markdown: str) -> str:
             if line.endswith(closer) and len(line) > 1:
                 closer = ""
             continue
-        if line.startswith("#"):
-            continue
+        if line.startswith("#") or (not line and raw.strip()):
+            continue  # a heading, or a line that held only an aside
         if speaker:
             if lines and lines[-1] != "":
                 lines.append("")

@@ -70,10 +70,10 @@ def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -
     train_text, valid_text = load_text(args.data)
     vocab = CharVocab.from_text(train_text)
     model = CharLM(CharLMConfig(len(vocab), args.cell, args.embedding, args.hidden, args.layers, args.dropout))
+    data = StreamBatches(vocab.encode(train_text), config.batch_size, config.bptt_steps, context.rank, context.world_size)
     valid = vocab.encode(valid_text[: args.eval_chars])
     if valid.numel() < 2:
         raise ValueError("the validation split is empty: give a longer corpus")
-    data = StreamBatches(vocab.encode(train_text), config.batch_size, config.bptt_steps, context.rank, context.world_size)
     return CharLMTask(model, vocab, valid, args.data), data
 
 

@@ -39,7 +39,8 @@ class CharLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embedding)
-        self.rnn = CELLS[config.cell](config.embedding, config.hidden, config.layers, batch_first=True, dropout=config.dropout)
+        between = config.dropout if config.layers > 1 else 0.0
+        self.rnn = CELLS[config.cell](config.embedding, config.hidden, config.layers, batch_first=True, dropout=between)
         self.drop = nn.Dropout(config.dropout)
         self.head = OutputLayer(config.hidden, config.vocab_size, activation="softmax")
 

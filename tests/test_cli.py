@@ -1,0 +1,103 @@
+"""The command line: end to end, resume without repeating options, shared options, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rnnkit.apps import APPS
+from rnnkit.cli import build_parser, main
+
+TEXT = "".join(f"SPEAKER {i % 7}:\nthe quick brown fox jumps over the lazy dog {i}.\n\n" for i in range(400))
+TINY = ["--hidden", "32", "--layers", "1", "--embedding", "8", "--batch-size", "4", "--bptt-steps", "20", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "charlm", "--data", str(corpus), "--steps", "8", "--eval-every", "4", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_end_to_end_in_a_subprocess(corpus, tmp_path):
+    out = tmp_path / "run"
+    rnnkit = [sys.executable, "-m", "rnnkit.cli"]
+    train = subprocess.run([*rnnkit, "train", "charlm", "--data", str(corpus), "--steps", "5", "--out", str(out), *TINY],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert f"model saved in {out}" in train.stdout
+    generated = subprocess.run([*rnnkit, "generate", "--model", str(out), "--prime", "the", "--length", "40", "--seed", "1"],
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert generated.returncode == 0 and generated.stdout.startswith("the") and len(generated.stdout) == 3 + 40 + 1
+    evaluated = subprocess.run([*rnnkit, "evaluate", "--model", str(out)], capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0 and "val_loss" in evaluated.stdout and "bits_per_char" in evaluated.stdout
+
+
+def test_resume_needs_no_repeated_options(model_dir, corpus):
+    assert main(["train", "charlm", "--out", str(model_dir), "--resume", "--steps", "12"]) == 0
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["step"] == 12 and config["model"]["hidden"] == 32 and config["model"]["data"] == str(corpus)
+
+
+def test_every_app_shares_the_training_options():
+    parser = build_parser()
+    shared = {"--steps", "--minutes", "--out", "--seed", "--resume", "--cell", "--clip-norm", "--clip-value",
+              "--bptt-steps", "--lr", "--batch-size", "--checkpoint-every"}  # fmt: skip
+    train = parser._subparsers._group_actions[0].choices["train"]
+    for app in APPS:
+        options = set(train._subparsers._group_actions[0].choices[app]._option_string_actions)
+        assert shared <= options, app
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "charlm", "--steps", "5", "--minutes", "2"])  # one budget, not both
+
+
+def error_of(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("rnnkit: error: ")
+    return err
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "the corpus is empty"),
+        (b"\x00\x01binary", "is a binary file, not text"),
+        ("d\xe9j\xe0 vu".encode("latin-1") * 50, "is not UTF-8 text"),
+        (b"too short", "fewer than one chunk needs"),
+    ],
+)
+def test_bad_corpus(capsys, tmp_path, content, message):
+    data = tmp_path / "corpus.txt"
+    data.write_bytes(content)
+    err = error_of(capsys, ["train", "charlm", "--data", str(data), "--steps", "2", "--out", str(tmp_path / "o"), *TINY])
+    assert message in err
+
+
+def test_bad_generation_and_model_dirs(capsys, model_dir, tmp_path):
+    assert "prime has characters the model never saw: 'é'" in error_of(
+        capsys, ["generate", "--model", str(model_dir), "--prime", "é"]
+    )
+    assert "temperature must be a number >= 0" in error_of(capsys, ["generate", "--model", str(model_dir), "--temperature", "-1"])
+    assert "top_p must be in (0, 1]" in error_of(capsys, ["generate", "--model", str(model_dir), "--top-p", "1.5"])
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    assert "has no model.safetensors" in error_of(capsys, ["generate", "--model", str(tmp_path / "half")])
+    assert "does not exist" in error_of(capsys, ["evaluate", "--model", str(tmp_path / "nowhere")])
+
+
+def test_bad_training_options(capsys, model_dir, corpus, tmp_path):
+    assert "steps must be a positive integer, got 0" in error_of(
+        capsys, ["train", "charlm", "--steps", "0", "--out", str(tmp_path)]
+    )
+    err = error_of(capsys, ["train", "charlm", "--data", str(corpus), "--steps", "2", "--out", str(model_dir), *TINY])
+    assert "already holds checkpoints: pass --resume" in err
