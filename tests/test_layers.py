@@ -9,6 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import rnnkit
+import rnnkit.kernels
 from conftest import assert_close
 from rnnkit import GRU, LSTM, RNN, GRUCell, LSTMState
 
@@ -19,6 +20,13 @@ KINDS = {
     "gru": (GRU, nn.GRU, {}),
 }
 I, H, N, T = 3, 5, 4, 6
+
+
+@pytest.fixture(autouse=True, params=["reference", "native"])
+def backend(request):
+    """Every test here runs on both backends: the reference loop and the fused native kernel."""
+    with rnnkit.kernels.use_backend(request.param):
+        yield request.param
 
 
 def make_pair(kind, dtype=torch.float32, **config):
@@ -240,9 +248,9 @@ def test_reference_work_is_linear_in_time():
     assert work[400] / work[200] == pytest.approx(2.0, rel=0.02)
 
 
-def test_backend_is_reported():
+def test_backend_is_reported(backend):
     LSTM(I, H)(torch.randn(T, N, I))
-    assert rnnkit.last_backend() == "reference"
+    assert rnnkit.last_backend() == backend
 
 
 def test_detach_state_cuts_the_graph():

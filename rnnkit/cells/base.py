@@ -109,7 +109,8 @@ def init_weights_(weights: Weights, recurrence: Recurrence, scheme: str) -> None
             for block in weights.weight_ih.split(hidden):
                 nn.init.xavier_uniform_(block)
             for block in weights.weight_hh.split(hidden):
-                nn.init.orthogonal_(block)
+                # QR runs in float32: torch has no orthogonal_ for bfloat16 or float16
+                block.copy_(nn.init.orthogonal_(torch.empty(block.shape, dtype=torch.float32, device=block.device)))
         if weights.bias_ih is not None:
             recurrence.init_bias_(weights.bias_ih, weights.bias_hh)
 

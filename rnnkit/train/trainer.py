@@ -333,7 +333,9 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True, desc=self.task.name)
+        return tqdm(
+            total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True, desc=self.task.name, mininterval=1.0
+        )
 
     def _catch_interrupt(self) -> Any:
         """First Ctrl-C: finish the step, checkpoint, stop. A second one aborts."""

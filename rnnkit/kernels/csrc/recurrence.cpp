@@ -1,0 +1,391 @@
+// rnnkit's fused CPU recurrence: a whole sequence forward, and its whole BPTT backward, for one
+// layer and direction of an RNN (tanh, ReLU), LSTM or GRU (reset before / after).
+//
+// The input projection gx = W_ih x + b_ih of all time steps is one GEMM done by the caller
+// (autograd handles its gradients as large GEMMs too). Per time step this file does:
+//   forward : one recurrent GEMM (two for the textbook GRU) + one fused pass over the gates
+//   backward: one fused pass over the gate gradients + one GEMM (two for the textbook GRU)
+// and after the backward loop dW_hh and db_hh as one large GEMM and one reduction.
+// The equations are those of rnnkit/cells/*.py (the reference); see rnnkit/kernels/native.py.
+//
+// Layouts (contiguous): gx (T, B, G*H), gate rows in torch's order (LSTM i,f,g,o; GRU r,z,n);
+// h0, c0 (B, H); w_hh (G*H, H); b_hh (G*H) or empty; valid (T, B) uint8 or empty.
+// Saved for backward, indexed by time t: acts (T, B, G*H) gate activations, hprev (T, B, H) the
+// state each step started from, cprev (T, B, H) (LSTM), extra (T, B, H) (GRU: W_hn h + b_hn
+// after, r * h before). Where valid[t, b] == 0 the state is held and the output is zero.
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define RNNKIT_X86 1
+#endif
+
+namespace {
+
+enum Kind : int64_t { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU_BEFORE = 3, GRU_AFTER = 4 };
+
+int64_t gate_count(int64_t kind) { return kind == LSTM ? 4 : (kind >= GRU_BEFORE ? 3 : 1); }
+
+// Denormal floats make the arithmetic of long sequences many times slower; flush them to zero
+// (FTZ) and treat denormal inputs as zero (DAZ) while the kernel runs, then restore.
+struct FlushDenormals {
+#ifdef RNNKIT_X86
+  unsigned saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
+// Activations. fp64 uses the C library (the test oracle's precision); fp32 uses an exp written
+// to vectorise: e^x = 2^k e^r with k = round(x / ln 2) and |r| <= ln(2)/2, e^r by its Taylor
+// series to r^7 (relative error below 6e-9, under float rounding).
+inline double exp_fn(double x) { return std::exp(x); }
+inline float exp_fn(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;  // ln 2 split in two (Cody-Waite)
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // 2^k
+  return p * std::bit_cast<float>(bits);
+}
+template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + exp_fn(-x)); }
+inline double tanh_fn(double x) { return std::tanh(x); }
+inline float tanh_fn(float x) {  // tanh|x| = (1 - e^-2|x|) / (1 + e^-2|x|)
+  const float e = exp_fn(-2.0f * std::fabs(x));
+  return std::copysign((1.0f - e) / (1.0f + e), x);
+}
+
+// One row (one sequence) of each fused gate pass: straight-line loops the compiler vectorises.
+template <typename T>
+void lstm_row(T* __restrict a, const T* __restrict x, const T* __restrict bias, T* __restrict c, T* __restrict h,
+              T* __restrict out, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {  // a = W_hh h (the GEMM), x = W_ih x_t + b_ih (precomputed)
+    const T i = sigmoid(a[j] + x[j] + bias[j]), f = sigmoid(a[H + j] + x[H + j] + bias[H + j]);
+    const T g = tanh_fn(a[2 * H + j] + x[2 * H + j] + bias[2 * H + j]);
+    const T o = sigmoid(a[3 * H + j] + x[3 * H + j] + bias[3 * H + j]);
+    a[j] = i, a[H + j] = f, a[2 * H + j] = g, a[3 * H + j] = o;
+    const T c_new = f * c[j] + i * g;  // C_t = f ⊙ C_{t-1} + i ⊙ C~_t
+    const T h_new = o * tanh_fn(c_new);  // h_t = o ⊙ tanh(C_t)
+    c[j] = c_new, h[j] = h_new, out[j] = h_new;
+  }
+}
+
+template <typename T>
+void rnn_row(T* __restrict a, const T* __restrict x, const T* __restrict bias, T* __restrict h, T* __restrict out, int64_t H,
+             bool relu) {
+  if (relu) {
+    for (int64_t j = 0; j < H; ++j) a[j] = h[j] = out[j] = std::max(a[j] + x[j] + bias[j], T(0));
+  } else {
+    for (int64_t j = 0; j < H; ++j) a[j] = h[j] = out[j] = tanh_fn(a[j] + x[j] + bias[j]);
+  }
+}
+
+template <typename T>
+void lstm_grad_row(const T* __restrict a, const T* __restrict cprev, T* __restrict dh, T* __restrict dc,
+                   T* __restrict dg, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+    const T tc = tanh_fn(f * cprev[j] + i * g);  // tanh(C_t), C_t recomputed
+    const T dct = dc[j] + dh[j] * o * (T(1) - tc * tc);
+    dg[j] = dct * g * i * (T(1) - i);
+    dg[H + j] = dct * cprev[j] * f * (T(1) - f);
+    dg[2 * H + j] = dct * i * (T(1) - g * g);
+    dg[3 * H + j] = dh[j] * tc * o * (T(1) - o);
+    dc[j] = dct * f;
+  }
+}
+
+template <typename T>
+void gru_gates_row(const T* __restrict x, const T* __restrict g, T* __restrict a, const T* __restrict h,
+                   T* __restrict extra, int64_t H, bool reset_after) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = sigmoid(x[j] + g[j]), z = sigmoid(x[H + j] + g[H + j]);
+    a[j] = r, a[H + j] = z;
+    // reset after: the candidate now; reset before: r ⊙ h, the input of the candidate's GEMM
+    a[2 * H + j] = reset_after ? tanh_fn(x[2 * H + j] + r * g[2 * H + j]) : r * h[j];
+  }
+  if (extra && reset_after) std::copy(g + 2 * H, g + 3 * H, extra);  // W_hn h + b_hn
+}
+
+template <typename T>
+void gru_update_row(const T* __restrict a, T* __restrict h, T* __restrict out, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) out[j] = h[j] = (T(1) - a[H + j]) * h[j] + a[H + j] * a[2 * H + j];  // (1-z) h + z h~
+}
+
+template <typename T>
+void gru_grad_row(const T* __restrict a, const T* __restrict hprev, const T* __restrict ghn, const T* __restrict dh,
+                  T* __restrict dg, T* __restrict dgh, T* __restrict direct, int64_t H, bool reset_after) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T r = a[j], z = a[H + j], n = a[2 * H + j];
+    const T dz = dh[j] * (n - hprev[j]);
+    const T dan = dh[j] * z * (T(1) - n * n);
+    direct[j] = dh[j] * (T(1) - z);
+    dg[H + j] = dz * z * (T(1) - z);
+    dg[2 * H + j] = dan;
+    if (reset_after) {
+      const T dar = dan * ghn[j] * r * (T(1) - r);
+      dg[j] = dgh[j] = dar;
+      dgh[H + j] = dg[H + j];
+      dgh[2 * H + j] = dan * r;
+    }
+  }
+}
+
+// Run fn(b) for every batch row, split across torch's intra-op threads when the step has
+// enough work (each thread flushes denormals too: FTZ/DAZ is per thread).
+template <typename Fn>
+void for_rows(int64_t B, int64_t work_per_row, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_row));
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    FlushDenormals flush;
+    for (int64_t b = begin; b < end; ++b) fn(b);
+  });
+}
+
+struct Saved {
+  at::Tensor acts, hprev, cprev, extra;
+};
+
+inline bool is_valid(const uint8_t* valid, int64_t t, int64_t B, int64_t b) { return valid == nullptr || valid[t * B + b]; }
+
+// ---------------------------------------------------------------------------------------------
+// forward
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0,
+                                     const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& valid_mask,
+                                     bool reverse, bool save) {
+  const int64_t steps = gx.size(0), B = gx.size(1), H = h0.size(1), G = gate_count(kind), GH = G * H;
+  const bool has_bias = b_hh.defined() && b_hh.numel() > 0;
+  const uint8_t* valid = valid_mask.numel() ? valid_mask.data_ptr<uint8_t>() : nullptr;
+  auto opts = gx.options();
+  at::Tensor y = at::empty({steps, B, H}, opts);
+  at::Tensor h = h0.clone(), c = kind == LSTM ? c0.clone() : at::Tensor();
+  Saved s;
+  s.acts = at::empty({steps, B, kind == RNN_TANH || kind == RNN_RELU ? H : GH}, opts);  // RNN: the new h
+  if (save) {
+    s.hprev = at::empty({steps, B, H}, opts);
+    if (kind == LSTM) s.cprev = at::empty({steps, B, H}, opts);
+    if (kind >= GRU_BEFORE) s.extra = at::empty({steps, B, H}, opts);
+  }
+  at::Tensor gh = kind >= GRU_BEFORE ? at::empty({B, GH}, opts) : at::Tensor();  // recurrent part, GRU
+  const at::Tensor w_t = w_hh.t();                                              // (H, G*H) view
+  const at::Tensor w_rz_t = kind == GRU_BEFORE ? w_hh.narrow(0, 0, 2 * H).t() : at::Tensor();
+  const at::Tensor w_n_t = kind == GRU_BEFORE ? w_hh.narrow(0, 2 * H, H).t() : at::Tensor();
+  const at::Tensor bias_or_zero = has_bias ? b_hh : at::zeros({GH}, opts);
+  const T* bias = bias_or_zero.data_ptr<T>();
+  T* hp = h.data_ptr<T>();
+  T* cp = kind == LSTM ? c.data_ptr<T>() : nullptr;
+
+  for (int64_t k = 0; k < steps; ++k) {
+    const int64_t t = reverse ? steps - 1 - k : k;
+    at::Tensor acts_t = s.acts.select(0, t);
+    T* a = acts_t.data_ptr<T>();
+    const T* x = gx.data_ptr<T>() + t * B * GH;
+    T* out = y.data_ptr<T>() + t * B * H;
+    if (save) {
+      std::copy(hp, hp + B * H, s.hprev.data_ptr<T>() + t * B * H);
+      if (kind == LSTM) std::copy(cp, cp + B * H, s.cprev.data_ptr<T>() + t * B * H);
+    }
+    if (kind == LSTM || kind == RNN_TANH || kind == RNN_RELU) {
+      at::mm_out(acts_t, h, w_t);  // a = h W_hh^T; gx_t and b_hh are added in the fused pass
+      for_rows(B, GH, [&](int64_t b) {
+        T* ob = out + b * H;
+        if (!is_valid(valid, t, B, b)) {  // past this sequence's length: state held, output zero
+          std::fill(ob, ob + H, T(0));
+          return;
+        }
+        if (kind == LSTM) lstm_row(a + b * GH, x + b * GH, bias, cp + b * H, hp + b * H, ob, H);
+        else rnn_row(a + b * H, x + b * H, bias, hp + b * H, ob, H, kind == RNN_RELU);
+      });
+    } else {
+      T* e = save ? s.extra.data_ptr<T>() + t * B * H : nullptr;
+      T* g = gh.data_ptr<T>();
+      if (kind == GRU_AFTER) {
+        if (has_bias) at::addmm_out(gh, b_hh, h, w_t);  // gh = W_hh h + b_hh
+        else at::mm_out(gh, h, w_t);
+      } else {
+        at::Tensor gh_rz = gh.narrow(1, 0, 2 * H);
+        if (has_bias) at::addmm_out(gh_rz, b_hh.narrow(0, 0, 2 * H), h, w_rz_t);
+        else at::mm_out(gh_rz, h, w_rz_t);
+      }
+      for_rows(B, GH, [&](int64_t b) {  // r and z, and for reset-after the candidate too
+        gru_gates_row(x + b * GH, g + b * GH, a + b * GH, hp + b * H, e ? e + b * H : nullptr, H, kind == GRU_AFTER);
+      });
+      if (kind == GRU_BEFORE) {
+        at::Tensor rh = acts_t.narrow(1, 2 * H, H);
+        at::Tensor gh_n = gh.narrow(1, 2 * H, H);
+        if (e) at::Tensor(s.extra.select(0, t)).copy_(rh);
+        if (has_bias) at::addmm_out(gh_n, b_hh.narrow(0, 2 * H, H), rh, w_n_t);  // W_hn (r ⊙ h) + b_hn
+        else at::mm_out(gh_n, rh, w_n_t);
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t j = 0; j < H; ++j)
+            a[b * GH + 2 * H + j] = tanh_fn(x[b * GH + 2 * H + j] + g[b * GH + 2 * H + j]);
+      }
+      for_rows(B, H, [&](int64_t b) {
+        if (is_valid(valid, t, B, b)) gru_update_row(a + b * GH, hp + b * H, out + b * H, H);
+        else std::fill(out + b * H, out + (b + 1) * H, T(0));
+      });
+    }
+  }
+  std::vector<at::Tensor> result = {y, h, kind == LSTM ? c : at::empty({0}, opts)};
+  if (save) {
+    result.push_back(s.acts);
+    result.push_back(s.hprev);
+    result.push_back(kind == LSTM ? s.cprev : (kind >= GRU_BEFORE ? s.extra : at::empty({0}, opts)));
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+                                      const at::Tensor& acts, const at::Tensor& hprev,
+                                      const at::Tensor& third, const at::Tensor& w_hh, const at::Tensor& valid_mask,
+                                      bool reverse, bool has_bias) {
+  const int64_t steps = hprev.size(0), B = hprev.size(1), H = hprev.size(2), G = gate_count(kind), GH = G * H;
+  const uint8_t* valid = valid_mask.numel() ? valid_mask.data_ptr<uint8_t>() : nullptr;
+  auto opts = hprev.options();
+  at::Tensor d_gx = at::empty({steps, B, GH}, opts);  // gradient of the gates' pre-activations
+  at::Tensor d_gh = kind == GRU_AFTER ? at::empty({steps, B, GH}, opts) : d_gx;  // of W_hh h + b_hh
+  at::Tensor dh = dh_n.clone(), dh_next = at::empty_like(dh);
+  at::Tensor dc = kind == LSTM ? dc_n.clone() : at::Tensor();
+  at::Tensor direct = kind >= GRU_BEFORE ? at::empty_like(dh) : at::Tensor();  // dL/dh_{t-1} outside W_hh
+  at::Tensor d_rh = kind == GRU_BEFORE ? at::empty_like(dh) : at::Tensor();
+  const at::Tensor w_rz = kind == GRU_BEFORE ? w_hh.narrow(0, 0, 2 * H) : at::Tensor();
+  const at::Tensor w_n = kind == GRU_BEFORE ? w_hh.narrow(0, 2 * H, H) : at::Tensor();
+  const T* dyp = dy.numel() ? dy.data_ptr<T>() : nullptr;
+  T* dhp = dh.data_ptr<T>();
+  T* dcp = kind == LSTM ? dc.data_ptr<T>() : nullptr;
+
+  for (int64_t k = steps - 1; k >= 0; --k) {
+    const int64_t t = reverse ? steps - 1 - k : k;
+    const T* a = acts.data_ptr<T>() + t * B * (kind <= RNN_RELU ? H : GH);
+    const T* hp = hprev.data_ptr<T>() + t * B * H;
+    T* dg = d_gx.data_ptr<T>() + t * B * GH;
+    for_rows(B, GH, [&](int64_t b) {
+      const bool ok = is_valid(valid, t, B, b);
+      T* dhb = dhp + b * H;
+      T* dgb = dg + b * GH;
+      if (!ok) {  // the state was held: its gradient passes through, the gates get none
+        std::fill(dgb, dgb + GH, T(0));
+        if (kind == GRU_AFTER) std::fill(d_gh.data_ptr<T>() + (t * B + b) * GH, d_gh.data_ptr<T>() + (t * B + b + 1) * GH, T(0));
+        if (kind >= GRU_BEFORE) std::copy(dhb, dhb + H, direct.data_ptr<T>() + b * H);
+        return;
+      }
+      if (dyp)
+        for (int64_t j = 0; j < H; ++j) dhb[j] += dyp[(t * B + b) * H + j];
+      const T* ab = a + b * (kind <= RNN_RELU ? H : GH);
+      const T* hpb = hp + b * H;
+      if (kind == LSTM) {
+        lstm_grad_row(ab, third.data_ptr<T>() + (t * B + b) * H, dhb, dcp + b * H, dgb, H);
+      } else if (kind == RNN_TANH || kind == RNN_RELU) {
+        for (int64_t j = 0; j < H; ++j) {
+          const T hn = ab[j];
+          dgb[j] = dhb[j] * (kind == RNN_TANH ? T(1) - hn * hn : (hn > T(0) ? T(1) : T(0)));
+        }
+      } else {
+        T* dghb = kind == GRU_AFTER ? d_gh.data_ptr<T>() + (t * B + b) * GH : nullptr;
+        gru_grad_row(ab, hpb, third.data_ptr<T>() + (t * B + b) * H, dhb, dgb, dghb, direct.data_ptr<T>() + b * H, H,
+                     kind == GRU_AFTER);
+      }
+    });
+    const at::Tensor dg_t = d_gx.select(0, t);
+    if (kind == LSTM || kind == RNN_TANH || kind == RNN_RELU) {
+      at::mm_out(dh_next, dg_t, w_hh);  // dL/dh_{t-1} = dG_t W_hh
+    } else if (kind == GRU_AFTER) {
+      at::addmm_out(dh_next, direct, d_gh.select(0, t), w_hh);
+    } else {
+      // the candidate's GEMM first: d(r ⊙ h) = da_n W_hn; then r's gradient and the r,z GEMM
+      at::mm_out(d_rh, dg_t.narrow(1, 2 * H, H), w_n);
+      const T* drh = d_rh.data_ptr<T>();
+      T* dr = direct.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b) {
+        if (!is_valid(valid, t, B, b)) continue;
+        const T* ab = a + b * GH;
+        const T* hpb = hp + b * H;
+        T* dgb = dg + b * GH;
+        for (int64_t j = 0; j < H; ++j) {
+          const T r = ab[j], d = drh[b * H + j];
+          dgb[j] = d * hpb[j] * r * (T(1) - r);
+          dr[b * H + j] += d * r;
+        }
+      }
+      at::addmm_out(dh_next, direct, dg_t.narrow(1, 0, 2 * H), w_rz);
+    }
+    if (valid && (kind == LSTM || kind <= RNN_RELU)) {  // held rows: the gradient passes through
+      T* dn = dh_next.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b)
+        if (!is_valid(valid, t, B, b)) std::copy(dhp + b * H, dhp + (b + 1) * H, dn + b * H);
+    }
+    std::swap(dh, dh_next);
+    dhp = dh.data_ptr<T>();
+  }
+
+  // weight gradients: one large GEMM over all steps, and a reduction for the bias
+  at::Tensor dw = at::empty_like(w_hh);
+  const at::Tensor hprev_flat = hprev.reshape({steps * B, H});
+  if (kind == GRU_BEFORE) {
+    const at::Tensor dg_flat = d_gx.reshape({steps * B, GH});
+    at::Tensor dw_rz = dw.narrow(0, 0, 2 * H), dw_n = dw.narrow(0, 2 * H, H);
+    at::mm_out(dw_rz, dg_flat.narrow(1, 0, 2 * H).t(), hprev_flat);
+    at::mm_out(dw_n, dg_flat.narrow(1, 2 * H, H).t(), third.reshape({steps * B, H}));
+  } else {
+    at::mm_out(dw, d_gh.reshape({steps * B, GH}).t(), hprev_flat);
+  }
+  at::Tensor db = has_bias ? d_gh.sum({0, 1}) : at::empty({0}, opts);
+  return {d_gx, dh, kind == LSTM ? dc : at::empty({0}, opts), dw, db};
+}
+
+std::vector<at::Tensor> forward(int64_t kind, at::Tensor gx, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor b_hh,
+                                at::Tensor valid, bool reverse, bool save) {
+  FlushDenormals flush;
+  at::NoGradGuard no_grad;
+  gx = gx.contiguous(), h0 = h0.contiguous(), w_hh = w_hh.contiguous();
+  if (c0.numel()) c0 = c0.contiguous();
+  if (b_hh.numel()) b_hh = b_hh.contiguous();
+  if (valid.numel()) valid = valid.contiguous();
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnnkit_forward", [&] {
+    out = forward_impl<scalar_t>(kind, gx, h0, c0, w_hh, b_hh, valid, reverse, save);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> backward(int64_t kind, at::Tensor dy, at::Tensor dh_n, at::Tensor dc_n, at::Tensor acts,
+                                 at::Tensor hprev, at::Tensor third, at::Tensor w_hh, at::Tensor valid, bool reverse,
+                                 bool has_bias) {
+  FlushDenormals flush;
+  at::NoGradGuard no_grad;
+  dy = dy.contiguous(), dh_n = dh_n.contiguous(), w_hh = w_hh.contiguous();
+  if (dc_n.numel()) dc_n = dc_n.contiguous();
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "rnnkit_backward", [&] {
+    out = backward_impl<scalar_t>(kind, dy, dh_n, dc_n, acts, hprev, third, w_hh, valid, reverse, has_bias);
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "whole-sequence recurrence forward (one layer, one direction)");
+  m.def("backward", &backward, "whole-sequence BPTT backward (one layer, one direction)");
+}

@@ -1,0 +1,127 @@
+"""The fused native CPU kernel (``csrc/recurrence.cpp``), built on first use and cached.
+
+It runs one layer and direction over the whole sequence; the equations are those of
+:mod:`rnnkit.cells` and :func:`rnnkit.kernels.reference.run_direction` is its oracle (tests
+hold forward, final states and every gradient equal). The build uses
+``torch.utils.cpp_extension`` (a C++ compiler and ninja) and lands in torch's extension cache
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), compiled for this CPU.
+If it cannot be built, :func:`available` is False and the driver uses the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import warnings
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+from rnnkit.cells.base import Recurrence, State, Weights
+from rnnkit.cells.gru import GRURecurrence
+from rnnkit.cells.lstm import LSTMRecurrence, LSTMState
+from rnnkit.cells.rnn import RNNRecurrence
+
+SOURCE = Path(__file__).parent / "csrc" / "recurrence.cpp"
+RNN_TANH, RNN_RELU, LSTM, GRU_BEFORE, GRU_AFTER = range(5)
+_EMPTY = torch.empty(0)
+
+
+def kind_of(recurrence: Recurrence) -> int | None:
+    """The kernel's code for a recurrence, or None if it has no native kernel."""
+    if type(recurrence) is LSTMRecurrence:
+        return LSTM
+    if type(recurrence) is GRURecurrence:
+        return GRU_AFTER if recurrence.reset_after else GRU_BEFORE
+    if type(recurrence) is RNNRecurrence:
+        return RNN_TANH if recurrence.nonlinearity == "tanh" else RNN_RELU
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@cache
+def extension() -> Any | None:
+    """The compiled extension, or None (with one warning) when it cannot be built."""
+    if os.environ.get("RNNKIT_NATIVE", "1") == "0":
+        return None
+    # -fno-trapping-math lets the gate loops vectorise (no result changes: nothing relies on FP traps)
+    # -fopenmp compiles ATen's inline parallel_for; it is not linked, so its symbols resolve to
+    # the OpenMP runtime torch itself loaded (one thread pool, not two).
+    flags = [
+        "-O3",
+        "-std=c++20",
+        "-fopenmp",
+        "-fno-trapping-math",
+        "-fno-math-errno",
+        "-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native",
+    ]
+    key = hashlib.sha256(f"{SOURCE.read_text()}{flags}{torch.__version__}{_cpu_model()}".encode()).hexdigest()[:16]
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(name=f"rnnkit_recurrence_{key}", sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
+    except Exception as error:  # no compiler, no ninja, no headers: the reference still works
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        warnings.warn(
+            f"rnnkit: the native kernel could not be built ({reason}); using the slower reference implementation",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def available() -> bool:
+    return extension() is not None
+
+
+class _Recurrence(torch.autograd.Function):
+    """Autograd wrapper: inputs ``gx, h0, c0, w_hh, b_hh``; outputs ``y, h_n, c_n``."""
+
+    @staticmethod
+    def forward(ctx, kind, reverse, valid, gx, h0, c0, w_hh, b_hh):  # noqa: ANN001
+        save = any(ctx.needs_input_grad)  # grad mode is off inside forward; this says if backward will run
+        y, h_n, c_n, *saved = extension().forward(kind, gx, h0, c0, w_hh, b_hh, valid, reverse, save)
+        if save:
+            ctx.save_for_backward(w_hh, valid, *saved)
+        ctx.kind, ctx.reverse, ctx.has_bias, ctx.lstm = kind, reverse, b_hh.numel() > 0, kind == LSTM
+        return y, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n):  # noqa: ANN001
+        w_hh, valid, acts, hprev, third = ctx.saved_tensors
+        dy = _EMPTY if dy is None else dy
+        dh_n = torch.zeros_like(hprev[0]) if dh_n is None else dh_n
+        dc_n = (torch.zeros_like(hprev[0]) if dc_n is None else dc_n) if ctx.lstm else _EMPTY
+        d_gx, dh0, dc0, dw, db = extension().backward(
+            ctx.kind, dy, dh_n, dc_n, acts, hprev, third, w_hh, valid, ctx.reverse, ctx.has_bias
+        )
+        return None, None, None, d_gx, dh0, dc0 if ctx.lstm else None, dw, db if ctx.has_bias else None
+
+
+def run_direction(
+    recurrence: Recurrence, weights: Weights, x: Tensor, state: State, mask: Tensor | None, reverse: bool
+) -> tuple[Tensor, State]:
+    """Same contract as :func:`rnnkit.kernels.reference.run_direction`, one fused kernel call."""
+    gx = F.linear(x, weights.weight_ih, weights.bias_ih)  # all time steps in one GEMM
+    kind = kind_of(recurrence)
+    h0, c0 = (state.h, state.c) if kind == LSTM else (state, _EMPTY)
+    valid = _EMPTY if mask is None else mask.squeeze(-1).to(torch.uint8)
+    b_hh = _EMPTY if weights.bias_hh is None else weights.bias_hh
+    y, h_n, c_n = _Recurrence.apply(kind, reverse, valid, gx, h0, c0, weights.weight_hh, b_hh)
+    return y, (LSTMState(h_n, c_n) if kind == LSTM else h_n)
