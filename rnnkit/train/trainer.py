@@ -134,14 +134,17 @@ class Trainer:
                 tokens += batch_tokens * self.context.world_size
                 if main:
                     record = {"kind": "train", "step": self.step, "loss": loss, "grad_norm": norm}
-                    record.update(lr=self.scheduler.get_last_lr()[0], tokens_per_s=tokens / max(busy, 1e-9))
+                    record.update(lr=self.scheduler.get_last_lr()[0], tokens_per_s=tokens / max(busy, 1e-9), seconds=busy)
                     self.log.write(record)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
                 stop = None
-                if self.step % config.eval_every == 0 and self._evaluate():
-                    stop = "early_stop"
+                if self.step % config.eval_every == 0:
+                    stop = "early_stop" if self._evaluate() else None
+                    if bar is not None and self.last_eval:
+                        shown = ", ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if isinstance(v, float))
+                        bar.write(f"step {self.step}: {shown}")
                 if deadline is not None and time.monotonic() >= deadline:
                     stop = stop or "time"
                 if self._interrupted:

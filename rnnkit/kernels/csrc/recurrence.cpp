@@ -111,15 +111,20 @@ void lstm_grad_row(const T* __restrict a, const T* __restrict cprev, T* __restri
 }
 
 template <typename T>
-void gru_gates_row(const T* __restrict x, const T* __restrict g, T* __restrict a, const T* __restrict h,
-                   T* __restrict extra, int64_t H, bool reset_after) {
+void gru_gates_row(const T* __restrict x, const T* __restrict g, const T* __restrict bias, T* __restrict a,
+                   const T* __restrict h, T* __restrict extra, int64_t H, bool reset_after) {
+  // g = W_hh h (reset after: all three blocks; before: r and z); x = W_ih x_t + b_ih
   for (int64_t j = 0; j < H; ++j) {
-    const T r = sigmoid(x[j] + g[j]), z = sigmoid(x[H + j] + g[H + j]);
+    const T r = sigmoid(x[j] + g[j] + bias[j]), z = sigmoid(x[H + j] + g[H + j] + bias[H + j]);
     a[j] = r, a[H + j] = z;
-    // reset after: the candidate now; reset before: r ⊙ h, the input of the candidate's GEMM
-    a[2 * H + j] = reset_after ? tanh_fn(x[2 * H + j] + r * g[2 * H + j]) : r * h[j];
+    if (reset_after) {
+      const T ghn = g[2 * H + j] + bias[2 * H + j];  // W_hn h + b_hn
+      a[2 * H + j] = tanh_fn(x[2 * H + j] + r * ghn);
+      if (extra) extra[j] = ghn;
+    } else {
+      a[2 * H + j] = r * h[j];  // r ⊙ h, the input of the candidate's GEMM
+    }
   }
-  if (extra && reset_after) std::copy(g + 2 * H, g + 3 * H, extra);  // W_hn h + b_hn
 }
 
 template <typename T>
@@ -154,6 +159,15 @@ void for_rows(int64_t B, int64_t work_per_row, const Fn& fn) {
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
     for (int64_t b = begin; b < end; ++b) fn(b);
+  });
+}
+
+// target += source, element-wise over two contiguous (B, H) buffers.
+inline void add_into(at::Tensor& target, const at::Tensor& source) {
+  AT_DISPATCH_FLOATING_TYPES(target.scalar_type(), "rnnkit_add", [&] {
+    scalar_t* __restrict t = target.data_ptr<scalar_t>();
+    const scalar_t* __restrict s = source.data_ptr<scalar_t>();
+    for (int64_t i = 0, n = target.numel(); i < n; ++i) t[i] += s[i];
   });
 }
 
@@ -216,26 +230,27 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& gx, const a
     } else {
       T* e = save ? s.extra.data_ptr<T>() + t * B * H : nullptr;
       T* g = gh.data_ptr<T>();
+      // recurrent GEMMs without bias (adding it inside addmm would copy it each step)
       if (kind == GRU_AFTER) {
-        if (has_bias) at::addmm_out(gh, b_hh, h, w_t);  // gh = W_hh h + b_hh
-        else at::mm_out(gh, h, w_t);
+        at::mm_out(gh, h, w_t);  // gh = W_hh h
       } else {
         at::Tensor gh_rz = gh.narrow(1, 0, 2 * H);
-        if (has_bias) at::addmm_out(gh_rz, b_hh.narrow(0, 0, 2 * H), h, w_rz_t);
-        else at::mm_out(gh_rz, h, w_rz_t);
+        at::mm_out(gh_rz, h, w_rz_t);
       }
       for_rows(B, GH, [&](int64_t b) {  // r and z, and for reset-after the candidate too
-        gru_gates_row(x + b * GH, g + b * GH, a + b * GH, hp + b * H, e ? e + b * H : nullptr, H, kind == GRU_AFTER);
+        gru_gates_row(x + b * GH, g + b * GH, bias, a + b * GH, hp + b * H, e ? e + b * H : nullptr, H, kind == GRU_AFTER);
       });
       if (kind == GRU_BEFORE) {
         at::Tensor rh = acts_t.narrow(1, 2 * H, H);
         at::Tensor gh_n = gh.narrow(1, 2 * H, H);
         if (e) at::Tensor(s.extra.select(0, t)).copy_(rh);
-        if (has_bias) at::addmm_out(gh_n, b_hh.narrow(0, 2 * H, H), rh, w_n_t);  // W_hn (r ⊙ h) + b_hn
-        else at::mm_out(gh_n, rh, w_n_t);
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t j = 0; j < H; ++j)
-            a[b * GH + 2 * H + j] = tanh_fn(x[b * GH + 2 * H + j] + g[b * GH + 2 * H + j]);
+        at::mm_out(gh_n, rh, w_n_t);  // W_hn (r ⊙ h)
+        for_rows(B, H, [&](int64_t b) {
+          const T* xb = x + b * GH + 2 * H;
+          const T* gb = g + b * GH + 2 * H;
+          T* ab = a + b * GH + 2 * H;
+          for (int64_t j = 0; j < H; ++j) ab[j] = tanh_fn(xb[j] + gb[j] + bias[2 * H + j]);
+        });
       }
       for_rows(B, H, [&](int64_t b) {
         if (is_valid(valid, t, B, b)) gru_update_row(a + b * GH, hp + b * H, out + b * H, H);
@@ -311,7 +326,8 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
     if (kind == LSTM || kind == RNN_TANH || kind == RNN_RELU) {
       at::mm_out(dh_next, dg_t, w_hh);  // dL/dh_{t-1} = dG_t W_hh
     } else if (kind == GRU_AFTER) {
-      at::addmm_out(dh_next, direct, d_gh.select(0, t), w_hh);
+      at::mm_out(dh_next, d_gh.select(0, t), w_hh);
+      add_into(dh_next, direct);
     } else {
       // the candidate's GEMM first: d(r ⊙ h) = da_n W_hn; then r's gradient and the r,z GEMM
       at::mm_out(d_rh, dg_t.narrow(1, 2 * H, H), w_n);
@@ -328,7 +344,8 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
           dr[b * H + j] += d * r;
         }
       }
-      at::addmm_out(dh_next, direct, dg_t.narrow(1, 0, 2 * H), w_rz);
+      at::mm_out(dh_next, dg_t.narrow(1, 0, 2 * H), w_rz);
+      add_into(dh_next, direct);
     }
     if (valid && (kind == LSTM || kind <= RNN_RELU)) {  // held rows: the gradient passes through
       T* dn = dh_next.data_ptr<T>();

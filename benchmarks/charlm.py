@@ -1,0 +1,91 @@
+"""The char-LM on rnnkit vs the same model on torch.nn.LSTM, trained one after the other in one
+process for the same wall time: validation loss against training time, in one plot, and
+throughput (tokens/s).
+
+Same data (Shakespeare, 4 held-out plays), model (embedding 64, 2 layers, hidden 256 unless
+given), initial weights, optimizer, schedule and seed; only the recurrent layer differs.
+
+    python benchmarks/charlm.py --minutes 10 [--hidden 256] [--out benchmarks/results/charlm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from rnnkit.apps.charlm import CharLMTask, load_text
+from rnnkit.apps.charlm.model import CharLM, CharLMConfig, evaluate_stream
+from rnnkit.data.text import CharVocab
+from rnnkit.train import StreamBatches, TrainConfig, Trainer
+
+
+def train(backend: str, args: argparse.Namespace, train_text: str, valid_text: str) -> dict:
+    torch.manual_seed(args.seed)
+    vocab = CharVocab.from_text(train_text)
+    model = CharLM(CharLMConfig(len(vocab), "lstm", 64, args.hidden, 2, 0.0))
+    if backend == "torch.nn.LSTM":
+        model.rnn = model.rnn.to_torch()  # identical weights, torch's fused (oneDNN) LSTM
+    task = CharLMTask(model, vocab, vocab.encode(valid_text[: args.eval_chars]), None)
+    out = Path(args.out) / backend
+    shutil.rmtree(out, ignore_errors=True)
+    config = TrainConfig(
+        minutes=args.minutes, out=str(out), seed=args.seed, batch_size=64, bptt_steps=100, lr=2e-3, clip_norm=5.0,
+        eval_every=args.eval_every, checkpoint_every=10**9, progress=False,
+    )  # fmt: skip
+    Trainer(task, StreamBatches(vocab.encode(train_text), 64, 100), config).fit()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seconds = {r["step"]: r["seconds"] for r in records if r["kind"] == "train"}
+    curve = [(seconds[r["step"]], r["val_loss"]) for r in records if r["kind"] == "eval"]
+    full = evaluate_stream(model, vocab.encode(valid_text))
+    tokens_per_s = [r["tokens_per_s"] for r in records if r["kind"] == "train"][-1]
+    print(
+        f"{backend:14s} {len(seconds)} steps, {tokens_per_s:,.0f} tokens/s, held-out {full['val_loss']:.4f} nats/char", flush=True
+    )
+    return {"curve": curve, "steps": len(seconds), "tokens_per_s": tokens_per_s, "val_loss_full": full["val_loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="training time for each model")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--eval-chars", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/charlm")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    train_text, valid_text = load_text(None)
+    results = {"minutes": args.minutes, "hidden": args.hidden}
+    for backend in ("rnnkit.LSTM", "torch.nn.LSTM"):
+        results[backend] = train(backend, args, train_text, valid_text)
+    ratio = results["rnnkit.LSTM"]["tokens_per_s"] / results["torch.nn.LSTM"]["tokens_per_s"]
+    results["throughput_ratio"] = ratio
+    print(f"throughput: rnnkit / torch.nn = {ratio:.2f}x")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for backend in ("rnnkit.LSTM", "torch.nn.LSTM"):
+        seconds, losses = zip(*results[backend]["curve"])
+        axis.plot([s / 60 for s in seconds], losses, "o-", label=f"{backend} ({results[backend]['tokens_per_s']:,.0f} tok/s)")
+    axis.set_xlabel("training time (minutes, evaluation excluded)")
+    axis.set_ylabel("validation loss (nats/char, first 100k held-out chars)")
+    axis.set_title(f"char-LM, 2-layer LSTM hidden {args.hidden}, same wall time")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    figure.savefig(Path(args.out) / "curves.png", dpi=110)
+    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}/curves.png and results.json")
+
+
+if __name__ == "__main__":
+    main()
