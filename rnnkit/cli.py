@@ -120,6 +120,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help="model directory")
     evaluate.add_argument("--data", help="other data to evaluate on (same format as training)")
 
+    diagnose = commands.add_parser(
+        "diagnose", help="plot gradient flow: dL/dh_t against time lag, per cell (vanishing/exploding)"
+    )
+    diagnose.add_argument("--cell", default="rnn,lstm,gru", help="comma-separated cells (default: %(default)s)")
+    diagnose.add_argument("--length", type=int, default=200)
+    diagnose.add_argument(
+        "--train-steps", type=int, default=300, help="training steps on the adding problem before the second profile"
+    )
+    diagnose.add_argument("--init", choices=("rnnkit", "torch"), default="rnnkit")
+    diagnose.add_argument("--model", help="a trained char-LM directory: profile its own layers on held-out text instead")
+    diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.add_argument("--out", default="runs/diagnose")
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_kinds = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    memory = bench_kinds.add_parser("memory", help="long-memory tasks: which cells solve them, and when")
+    memory.add_argument("--task", choices=("adding", "copy"), default="adding")
+    memory.add_argument("--length", type=int, default=200)
+    memory.add_argument("--cell", default="rnn,lstm,gru", help="comma-separated cells (default: %(default)s)")
+    memory.add_argument("--init", default="rnnkit", help="comma-separated inits: rnnkit, torch, identity (IRNN, rnn-relu only)")
+    memory.add_argument("--steps", type=int, default=3000)
+    memory.add_argument("--eval-every", type=int, default=50)
+    memory.add_argument("--seed", type=int, default=0)
+    memory.add_argument("--out", default="runs/bench-memory")
+
     demo = commands.add_parser("demo", help="the main job: train a Shakespeare char-LM for a few minutes, then generate")
     demo.add_argument("--steps", type=int, help="training steps (default: 1100, about 4 minutes on 2 cores)")
     demo.add_argument("--out", help="run directory (default: runs/demo-<time>)")
@@ -202,6 +227,62 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     print(f"\nModel saved in {out}. Next: rnnkit generate --model {out} --prime 'JULIET:' --length 500")
 
 
+def run_diagnose(args: argparse.Namespace) -> None:
+    from rnnkit.apps.memory.bench import diagnose, parse_cells
+
+    if args.model:
+        return diagnose_model(args)
+    diagnose(parse_cells(args.cell), args.length, args.train_steps, args.seed, Path(args.out), args.init)
+
+
+def diagnose_model(args: argparse.Namespace) -> None:
+    """dL/dh_t per layer of a trained char-LM on held-out text: its own loss, and the last step's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torch.nn import functional as F
+
+    from rnnkit.apps import charlm
+    from rnnkit.diagnostics import state_gradient_norms
+    from rnnkit.io import read_model_dir
+
+    config, _ = read_model_dir(Path(args.model))
+    if config["app"] != "charlm":
+        raise ValueError("diagnose --model takes a char-LM model directory")
+    loaded = rnnkit.load(args.model)
+    _, valid = charlm.load_text(config["model"].get("data"))
+    tokens = loaded.vocab.encode(valid[: 8 * (args.length + 1)]).view(8, args.length + 1)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+    def loss(last_only: bool):
+        logits, _ = loaded.model(inputs)
+        if last_only:
+            return F.cross_entropy(logits[:, -1], targets[:, -1])
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        k: [n.flip(0).tolist() for n in state_gradient_norms(lambda k=k: loss(k == "last_step"))]
+        for k in ("own_loss", "last_step")
+    }
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, (kind, per_layer) in zip(axes, results.items()):
+        for layer, values in enumerate(per_layer):
+            axis.plot([max(v, 1e-30) for v in values], label=f"layer {layer}")
+        axis.set_yscale("log")
+        axis.set_xlabel("time lag T-1-t")
+        axis.set_ylabel("||dL/dh_t||")
+        axis.set_title("the model's own loss (all steps)" if kind == "own_loss" else "loss at the last step")
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out / "gradients.png", dpi=110)
+    (out / "gradients.json").write_text(json.dumps({"model": str(args.model), "length": args.length, **results}, indent=1))
+    print(f"wrote {out / 'gradients.png'} and {out / 'gradients.json'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -214,6 +295,17 @@ def main(argv: list[str] | None = None) -> int:
             run_generate(args)
         elif args.command == "evaluate":
             run_evaluate(args)
+        elif args.command == "diagnose":
+            run_diagnose(args)
+        elif args.command == "bench":
+            from rnnkit.apps.memory.bench import bench_memory, parse_cells
+
+            inits = [i.strip() for i in args.init.split(",")]
+            if bad := [i for i in inits if i not in ("rnnkit", "torch", "identity")]:
+                raise ValueError(f"--init takes rnnkit, torch or identity, got {', '.join(bad)}")
+            bench_memory(
+                args.task, args.length, parse_cells(args.cell), inits, args.steps, args.eval_every, args.seed, Path(args.out)
+            )
         elif args.command == "demo":
             run_demo(args, parser)
         else:

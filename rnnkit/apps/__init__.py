@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-APPS: dict[str, str] = {"charlm": "rnnkit.apps.charlm"}
+APPS: dict[str, str] = {"charlm": "rnnkit.apps.charlm", "memory": "rnnkit.apps.memory"}
 
 
 def get_app(name: str) -> Any:

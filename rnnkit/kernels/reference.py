@@ -7,6 +7,7 @@ linearly with T.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -14,6 +15,11 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rnnkit.cells.base import Recurrence, State, Weights, map_state
+
+#: Set by :mod:`rnnkit.diagnostics` while it records state gradients: a factory called once per
+#: layer and direction, returning a hook ``(t, h, state) -> (h, state)`` run after every step
+#: (it adds a zero tensor to ``h_t`` whose gradient is then dL/dh_t).
+probe: Callable[[], Callable[[int, Tensor, State], tuple[Tensor, State]]] | None = None
 
 
 def run_direction(
@@ -39,9 +45,12 @@ def run_direction(
     gx_steps = F.linear(x, weights.weight_ih, weights.bias_ih).unbind(0)  # all steps in one GEMM
     valid_steps = mask.unbind(0) if mask is not None else None
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    step_probe = probe() if probe is not None else None
     outputs: list[Tensor] = [x] * x.shape[0]  # placeholders, each overwritten below
     for t in steps:
         h, new_state = recurrence.step(gx_steps[t], state, weights.weight_hh, weights.bias_hh)
+        if step_probe is not None:
+            h, new_state = step_probe(t, h, new_state)
         if valid_steps is not None:
             valid = valid_steps[t]
             new_state = map_state(partial(torch.where, valid), new_state, state)  # hold state past length

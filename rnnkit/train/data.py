@@ -130,3 +130,33 @@ class ShuffledBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._order = self._permutation(self.epoch)
+
+
+class GeneratedBatches:
+    """Batches made by ``make(batch_size, generator) -> (data, tokens)``, the generator seeded
+    from ``(seed, step)`` so the sequence of batches is fixed and resumes exactly. Each rank
+    takes its contiguous share of the global batch."""
+
+    stateful = False
+
+    def __init__(self, make: Callable[[int, torch.Generator], tuple[Any, int]], batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
+        self.make, self.batch_size, self.seed = make, batch_size, seed
+        self.share = _share(batch_size, rank, world_size)
+        self.step = 0
+
+    def __iter__(self) -> GeneratedBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        self.step += 1
+        data, tokens = self.make(self.batch_size, generator)
+        local = tuple(part[self.share] for part in data)
+        return Batch(local, tokens * (self.share.stop - self.share.start) // self.batch_size, self.share.stop - self.share.start)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
