@@ -74,6 +74,7 @@ def extension() -> Any | None:
     try:
         from torch.utils.cpp_extension import load
 
+        _put_ninja_on_path()
         return load(name=f"rnnkit_recurrence_{key}", sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
     except Exception as error:  # no compiler, no ninja, no headers: the reference still works
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
@@ -83,6 +84,17 @@ def extension() -> Any | None:
             stacklevel=2,
         )
         return None
+
+
+def _put_ninja_on_path() -> None:
+    """torch looks for ``ninja`` on PATH; the pip package's binary may not be there (a venv's
+    python run without activating the venv)."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def available() -> bool:
