@@ -100,11 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train an application's model")
     apps = train.add_subparsers(dest="app", metavar="APP", required=True)
+    parser.app_parsers = {}  # name -> its `rnnkit train <name>` parser (resume sets defaults on it)
     for name in APPS:
         app = get_app(name)
         app_parser = apps.add_parser(name, help=(app.__doc__ or "").strip().splitlines()[0])
         add_train_options(app_parser, app.TRAIN_DEFAULTS, app.CELL_CHOICES)
         app.add_arguments(app_parser)
+        parser.app_parsers[name] = app_parser
 
     generate = commands.add_parser("generate", help="generate text with a trained char-LM")
     generate.add_argument("--model", required=True, help="model directory (the --out of training)")
@@ -159,8 +161,9 @@ def run_train(app_name: str, argv: list[str], parser: argparse.ArgumentParser, a
     saved = Path(args.out) / ARGS_FILE
     if args.resume and saved.is_file():  # the first run's options, unless given again now
         previous = json.loads(saved.read_text())
-        app_parser = parser._subparsers._group_actions[0].choices["train"]._subparsers._group_actions[0].choices[app_name]
-        app_parser.set_defaults(**{k: v for k, v in previous.items() if k not in ("steps", "minutes", "resume")})
+        parser.app_parsers[app_name].set_defaults(
+            **{k: v for k, v in previous.items() if k not in ("steps", "minutes", "resume")}
+        )
         args = parser.parse_args(argv)
         args.out = args.out or f"runs/{app_name}"
     config = train_config(args, app.TRAIN_DEFAULTS)

@@ -25,14 +25,14 @@ Inputs are assumed finite: a NaN or Inf in the input or state propagates to the 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit import driver
-from rnnkit.cells.base import Recurrence, State, Weights, check_init, check_size, init_weights_
+from rnnkit.cells.base import Recurrence, State, Weights, check_init, check_size, converted_params, init_weights_
 from rnnkit.cells.gru import GRURecurrence
 from rnnkit.cells.lstm import LSTMRecurrence
 from rnnkit.cells.rnn import RNNRecurrence
@@ -113,12 +113,8 @@ class RecurrentLayer(nn.Module):
         return driver.run(self, input, hx, lengths)
 
     # -- interop with torch.nn -------------------------------------------------------------
-    @classmethod
-    def _config_from_torch(cls, module: nn.Module) -> dict[str, Any]:
-        return {}
-
-    def _torch_kwargs(self) -> dict[str, Any]:
-        return {}
+    #: The recurrence this layer class runs (set by each subclass).
+    recurrence_type: ClassVar[type[Recurrence]]
 
     @classmethod
     def from_torch(cls, module: nn.Module) -> RecurrentLayer:
@@ -127,42 +123,27 @@ class RecurrentLayer(nn.Module):
         Parameters are copied by name; for the GRU, ``reset_after=True`` and the update-gate
         rows are negated (torch's ``z`` weighs the old state, ours the candidate).
         """
+        expected = cls.recurrence_type.torch_layer
+        if type(module) is not expected:
+            raise TypeError(f"{cls.__name__}.from_torch expects {expected.__name__}, got {type(module).__name__}")
         if getattr(module, "proj_size", 0):
             raise ValueError("an LSTM with proj_size > 0 has no rnnkit equivalent")
-        layer = cls(
-            module.input_size,
-            module.hidden_size,
-            num_layers=module.num_layers,
-            bias=module.bias,
-            batch_first=module.batch_first,
-            dropout=module.dropout,
-            bidirectional=module.bidirectional,
-            device=module.weight_ih_l0.device,
-            dtype=module.weight_ih_l0.dtype,
-            **cls._config_from_torch(module),
-        )
-        if type(module) is not layer.recurrence.torch_layer:
-            raise TypeError(
-                f"{cls.__name__}.from_torch expects {layer.recurrence.torch_layer.__name__}, got {type(module).__name__}"
-            )
-        layer.load_state_dict(_converted(module, layer.recurrence))
+        options = {name: getattr(module, name) for name in ("num_layers", "bias", "batch_first", "dropout", "bidirectional")}
+        factory = {"device": module.weight_ih_l0.device, "dtype": module.weight_ih_l0.dtype}
+        config = cls.recurrence_type.config_from_torch(module)
+        layer = cls(module.input_size, module.hidden_size, **options, **factory, **config)
+        layer.load_state_dict(converted_params(module, layer.recurrence))
         return layer
 
     def to_torch(self) -> nn.Module:
         """The equivalent ``torch.nn`` module (same outputs and gradients)."""
+        self.recurrence.check_torch_equivalent()
+        options = {name: getattr(self, name) for name in ("num_layers", "bias", "batch_first", "dropout", "bidirectional")}
+        factory = {"device": self.weight_ih_l0.device, "dtype": self.weight_ih_l0.dtype}
         module = self.recurrence.torch_layer(
-            self.input_size,
-            self.hidden_size,
-            num_layers=self.num_layers,
-            bias=self.bias,
-            batch_first=self.batch_first,
-            dropout=self.dropout,
-            bidirectional=self.bidirectional,
-            device=self.weight_ih_l0.device,
-            dtype=self.weight_ih_l0.dtype,
-            **self._torch_kwargs(),
+            self.input_size, self.hidden_size, **options, **self.recurrence.torch_kwargs(), **factory
         )
-        module.load_state_dict(_converted(self, self.recurrence))
+        module.load_state_dict(converted_params(self, self.recurrence))
         return module
 
     def extra_repr(self) -> str:
@@ -177,10 +158,6 @@ class RecurrentLayer(nn.Module):
         return ", ".join(parts)
 
 
-def _converted(source: nn.Module, recurrence: Recurrence) -> dict[str, Tensor]:
-    return {name: recurrence.convert_torch_param(p.detach()) for name, p in source.named_parameters()}
-
-
 class RNN(RecurrentLayer):
     """Multi-layer Elman RNN, ``h_t = f(W_hh h_{t-1} + W_xh x_t + b_h)``, f tanh or ReLU.
 
@@ -191,6 +168,8 @@ class RNN(RecurrentLayer):
     >>> output.shape, h_n.shape
     (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
     """
+
+    recurrence_type = RNNRecurrence
 
     def __init__(
         self,
@@ -212,13 +191,6 @@ class RNN(RecurrentLayer):
             init=init, device=device, dtype=dtype,
         )  # fmt: skip
 
-    @classmethod
-    def _config_from_torch(cls, module: nn.Module) -> dict[str, Any]:
-        return {"nonlinearity": module.nonlinearity}
-
-    def _torch_kwargs(self) -> dict[str, Any]:
-        return {"nonlinearity": self.recurrence.nonlinearity}
-
 
 class LSTM(RecurrentLayer):
     """Multi-layer LSTM; equations in :class:`rnnkit.cells.lstm.LSTMRecurrence`.
@@ -231,6 +203,8 @@ class LSTM(RecurrentLayer):
     >>> output.shape, h_n.shape
     (torch.Size([3, 5, 20]), torch.Size([1, 3, 20]))
     """
+
+    recurrence_type = LSTMRecurrence
 
     def __init__(
         self,
@@ -262,6 +236,8 @@ class GRU(RecurrentLayer):
     :meth:`to_torch` convert (``to_torch`` needs ``reset_after=True``).
     """
 
+    recurrence_type = GRURecurrence
+
     def __init__(
         self,
         input_size: int,
@@ -281,12 +257,3 @@ class GRU(RecurrentLayer):
             GRURecurrence(hidden_size, reset_after), input_size, num_layers, bias, batch_first, dropout, bidirectional,
             init=init, device=device, dtype=dtype,
         )  # fmt: skip
-
-    @classmethod
-    def _config_from_torch(cls, module: nn.Module) -> dict[str, Any]:
-        return {"reset_after": True}
-
-    def to_torch(self) -> nn.Module:
-        if not self.recurrence.reset_after:
-            raise ValueError("only a GRU with reset_after=True has a torch.nn equivalent (torch applies the reset after W_hn h)")
-        return super().to_torch()

@@ -51,9 +51,8 @@ def test_every_app_shares_the_training_options():
     parser = build_parser()
     shared = {"--steps", "--minutes", "--out", "--seed", "--resume", "--cell", "--clip-norm", "--clip-value",
               "--bptt-steps", "--lr", "--batch-size", "--checkpoint-every"}  # fmt: skip
-    train = parser._subparsers._group_actions[0].choices["train"]
     for app in APPS:
-        options = set(train._subparsers._group_actions[0].choices[app]._option_string_actions)
+        options = set(parser.app_parsers[app]._option_string_actions)
         assert shared <= options, app
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "charlm", "--steps", "5", "--minutes", "2"])  # one budget, not both

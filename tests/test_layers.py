@@ -260,6 +260,9 @@ def test_detach_state_cuts_the_graph():
     assert isinstance(detached, LSTMState)
     assert all(t.grad_fn is None and not t.requires_grad for t in detached)
     assert rnnkit.detach_state(None) is None
+    _, torch_state = torch.nn.LSTM(I, H)(torch.randn(T, N, I))  # a plain tuple: the trainer carries it too
+    detached = rnnkit.detach_state(torch_state)
+    assert type(detached) is tuple and all(t.grad_fn is None for t in detached)
 
 
 # -- bad input ----------------------------------------------------------------------------------------

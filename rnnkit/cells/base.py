@@ -42,8 +42,10 @@ class Weights(NamedTuple):
 
 def map_state(fn: Callable[..., Tensor], *states: State) -> State:
     """Apply ``fn`` to each tensor of one or more states of the same kind (tensor or named tuple)."""
-    if isinstance(states[0], tuple):
-        return type(states[0])(*map(fn, *states))
+    if isinstance(states[0], tuple):  # LSTMState, or a plain (h, c) tuple as torch.nn.LSTM returns
+        kind = type(states[0])
+        mapped = map(fn, *states)
+        return kind(*mapped) if hasattr(kind, "_fields") else kind(mapped)
     return fn(*states)
 
 
@@ -80,6 +82,18 @@ class Recurrence:
     def convert_torch_param(self, param: Tensor) -> Tensor:
         """Map a ``torch.nn`` parameter to ours (and back: every conversion is its own inverse)."""
         return param
+
+    @classmethod
+    def config_from_torch(cls, module: nn.Module) -> dict[str, Any]:
+        """Constructor arguments of the rnnkit equivalent of a ``torch.nn`` cell or layer."""
+        return {}
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the ``torch.nn`` equivalent."""
+        return {}
+
+    def check_torch_equivalent(self) -> None:
+        """Raise if this configuration has no ``torch.nn`` equivalent."""
 
     def extra_repr(self) -> str:
         return ""
@@ -143,6 +157,9 @@ class Cell(nn.Module):
     and the new state.
     """
 
+    #: The recurrence this cell class runs (set by each subclass).
+    recurrence_type: ClassVar[type[Recurrence]]
+
     def __init__(
         self,
         recurrence: Recurrence,
@@ -190,43 +207,32 @@ class Cell(nn.Module):
 
     # -- interop with torch.nn -------------------------------------------------------------
     @classmethod
-    def _config_from_torch(cls, module: nn.Module) -> dict[str, Any]:
-        return {}
-
-    @classmethod
     def from_torch(cls, module: nn.Module) -> Cell:
         """Build the equivalent rnnkit cell from a ``torch.nn`` cell (same outputs and gradients)."""
-        cell = cls(
-            module.input_size,
-            module.hidden_size,
-            bias=module.bias,
-            device=module.weight_ih.device,
-            dtype=module.weight_ih.dtype,
-            **cls._config_from_torch(module),
-        )
-        if type(module) is not cell.recurrence.torch_cell:
-            raise TypeError(
-                f"{cls.__name__}.from_torch expects {cell.recurrence.torch_cell.__name__}, got {type(module).__name__}"
-            )
-        _copy_converted(module, cell, cell.recurrence)
+        expected = cls.recurrence_type.torch_cell
+        if type(module) is not expected:
+            raise TypeError(f"{cls.__name__}.from_torch expects {expected.__name__}, got {type(module).__name__}")
+        factory = {"device": module.weight_ih.device, "dtype": module.weight_ih.dtype}
+        config = cls.recurrence_type.config_from_torch(module)
+        cell = cls(module.input_size, module.hidden_size, bias=module.bias, **factory, **config)
+        cell.load_state_dict(converted_params(module, cell.recurrence))
         return cell
 
     def to_torch(self) -> nn.Module:
         """The equivalent ``torch.nn`` cell (same outputs and gradients)."""
-        kwargs = {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
-        module = self.recurrence.torch_cell(self.input_size, self.hidden_size, self.bias, **self._torch_kwargs(), **kwargs)
-        _copy_converted(self, module, self.recurrence)
+        self.recurrence.check_torch_equivalent()
+        factory = {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
+        module = self.recurrence.torch_cell(
+            self.input_size, self.hidden_size, self.bias, **self.recurrence.torch_kwargs(), **factory
+        )
+        module.load_state_dict(converted_params(self, self.recurrence))
         return module
-
-    def _torch_kwargs(self) -> dict[str, Any]:
-        return {}
 
     def extra_repr(self) -> str:
         extra = self.recurrence.extra_repr()
         return f"{self.input_size}, {self.hidden_size}" + (f", {extra}" if extra else "") + ("" if self.bias else ", bias=False")
 
 
-def _copy_converted(source: nn.Module, target: nn.Module, recurrence: Recurrence) -> None:
-    """Copy every parameter by name, through the recurrence's torch conversion."""
-    params = {name: recurrence.convert_torch_param(p.detach()) for name, p in source.named_parameters()}
-    target.load_state_dict(params, strict=True)
+def converted_params(source: nn.Module, recurrence: Recurrence) -> dict[str, Tensor]:
+    """Every parameter of ``source`` by name, through the recurrence's torch conversion."""
+    return {name: recurrence.convert_torch_param(p.detach()) for name, p in source.named_parameters()}

@@ -61,6 +61,14 @@ class GRURecurrence(Recurrence):
         param[self.hidden_size : 2 * self.hidden_size] *= -1
         return param
 
+    @classmethod
+    def config_from_torch(cls, module: nn.Module) -> dict[str, Any]:
+        return {"reset_after": True}
+
+    def check_torch_equivalent(self) -> None:
+        if not self.reset_after:
+            raise ValueError("only a GRU with reset_after=True has a torch.nn equivalent (torch applies the reset after W_hn h)")
+
     def extra_repr(self) -> str:
         return f"reset_after={self.reset_after}"
 
@@ -72,6 +80,8 @@ class GRUCell(Cell):
     ``True`` is torch's / cuDNN's form), ``init="rnnkit"|"torch"``.
     State: a tensor ``(N, H)``; ``cell(x_t, h) -> (h_t, h_t)``.
     """
+
+    recurrence_type = GRURecurrence
 
     def __init__(
         self,
@@ -85,12 +95,3 @@ class GRUCell(Cell):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(GRURecurrence(hidden_size, reset_after), input_size, bias, init, device, dtype)
-
-    @classmethod
-    def _config_from_torch(cls, module: nn.Module) -> dict[str, Any]:
-        return {"reset_after": True}
-
-    def to_torch(self) -> nn.Module:
-        if not self.recurrence.reset_after:
-            raise ValueError("only a GRU with reset_after=True has a torch.nn equivalent (torch applies the reset after W_hn h)")
-        return super().to_torch()

@@ -66,6 +66,8 @@ class LSTMCell(Cell):
     State: :class:`LSTMState` ``(h, c)``, each ``(N, H)``; ``cell(x_t, (h, c)) -> (h_t, LSTMState)``.
     """
 
+    recurrence_type = LSTMRecurrence
+
     def __init__(
         self,
         input_size: int,

@@ -35,6 +35,13 @@ class RNNRecurrence(Recurrence):
         h = self.f(gx + F.linear(h, weight_hh, bias_hh))
         return h, h
 
+    @classmethod
+    def config_from_torch(cls, module: nn.Module) -> dict[str, Any]:
+        return {"nonlinearity": module.nonlinearity}
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        return {"nonlinearity": self.nonlinearity}
+
     def extra_repr(self) -> str:
         return f"nonlinearity={self.nonlinearity!r}"
 
@@ -46,6 +53,8 @@ class RNNCell(Cell):
     ``init="rnnkit"|"torch"|"identity"`` (see :func:`rnnkit.cells.base.init_weights_`).
     State: a tensor ``(N, H)``; ``cell(x_t, h) -> (h_t, h_t)``.
     """
+
+    recurrence_type = RNNRecurrence
 
     def __init__(
         self,
@@ -59,10 +68,3 @@ class RNNCell(Cell):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(RNNRecurrence(hidden_size, nonlinearity), input_size, bias, init, device, dtype)
-
-    @classmethod
-    def _config_from_torch(cls, module: nn.Module) -> dict[str, Any]:
-        return {"nonlinearity": module.nonlinearity}
-
-    def _torch_kwargs(self) -> dict[str, Any]:
-        return {"nonlinearity": self.recurrence.nonlinearity}

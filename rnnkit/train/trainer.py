@@ -315,7 +315,7 @@ class Trainer:
             self.carry_batch = per_rank
             if meta["carry_kind"] == "tensor":
                 self.carry = parts[0]
-            else:
+            else:  # an (h, c) pair: LSTMState serves rnnkit's LSTM and torch.nn.LSTM (any 2-tuple) alike
                 from rnnkit.cells import LSTMState
 
                 self.carry = LSTMState(*parts)
