@@ -360,3 +360,12 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-5)
+
+
+def test_pruning_keeps_the_last_n_and_the_best(tmp_path):
+    trainer = build(config(tmp_path, steps=8, eval_every=2, checkpoint_every=2, keep_checkpoints=1))
+    scores = iter([1.0, 3.0, 4.0, 5.0])  # the best evaluation is the first, at step 2
+    trainer.task.evaluate = lambda model: {"val_loss": next(scores, 6.0)}
+    trainer.fit()
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["step-00000002", "step-00000008"], "the best (step 2) and the newest"
