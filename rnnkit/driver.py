@@ -51,7 +51,8 @@ def detach_state(state: State) -> State:
 
 def run(layer: SequenceLayer, input: Tensor | PackedSequence, hx: Any = None, lengths: Any = None) -> tuple[Any, State]:
     """Run ``layer`` over ``input``; returns ``(output, h_n)`` shaped as ``torch.nn`` does."""
-    x, lengths, restore = _to_time_major(layer, input, lengths)
+    layer_weights = layer.layer_weights()
+    x, lengths, restore = _to_time_major(layer, input, lengths, layer_weights[0][0].weight_ih)
     steps, batch = x.shape[:2]
     states = _initial_states(layer, hx, batch, x, unbatched=restore.unbatched)
     mask = None
@@ -60,7 +61,7 @@ def run(layer: SequenceLayer, input: Tensor | PackedSequence, hx: Any = None, le
 
     _, run_direction = kernels.select(layer.recurrence, x)
     finals: list[State] = []
-    for index, directions in enumerate(layer.layer_weights()):
+    for index, directions in enumerate(layer_weights):
         outputs = []
         for direction, weights in enumerate(directions):
             state = states[index * layer.num_directions + direction]
@@ -96,8 +97,8 @@ class _Restore:
         return map_state(lambda t: t.squeeze(1), h_n) if self.unbatched else h_n
 
 
-def _to_time_major(layer: SequenceLayer, input: Any, lengths: Any) -> tuple[Tensor, Tensor | None, _Restore]:
-    param = layer.layer_weights()[0][0].weight_ih
+def _to_time_major(layer: SequenceLayer, input: Any, lengths: Any, param: Tensor) -> tuple[Tensor, Tensor | None, _Restore]:
+    """Time-major input and validated lengths; ``param`` (a first-layer weight) fixes dtype and device."""
     if isinstance(input, PackedSequence):
         if lengths is not None:
             raise ValueError("lengths must not be given with a PackedSequence input: it carries its own")

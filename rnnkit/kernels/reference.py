@@ -54,7 +54,7 @@ def run_direction(
         if valid_steps is not None:
             valid = valid_steps[t]
             new_state = map_state(partial(torch.where, valid), new_state, state)  # hold state past length
-            h = torch.where(valid, h, torch.zeros_like(h))
+            h = torch.where(valid, h, 0.0)  # zero output past the length (no per-step allocation)
         state = new_state
         outputs[t] = h
     return torch.stack(outputs), state
