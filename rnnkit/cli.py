@@ -118,9 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int)
     generate.add_argument("--allow-unknown", action="store_true", help="map characters the model never saw to the unknown symbol")
 
+    translate = commands.add_parser("translate", help="translate with a trained encoder-decoder")
+    translate.add_argument("texts", nargs="*", help="source texts (or --file)")
+    translate.add_argument("--model", required=True, help="model directory")
+    translate.add_argument("--file", help="a UTF-8 file with one source text per line")
+    translate.add_argument("--beam", type=int, default=1, help="beam size; 1 is greedy (default: %(default)s)")
+    translate.add_argument("--length-penalty", type=float, default=0.6, help="GNMT length penalty alpha (default: %(default)s)")
+    translate.add_argument("--max-length", type=int, help="longest output in pieces (default: 2 x source + 10)")
+    translate.add_argument("--heatmap", help="write the attention heatmap of the first text to this PNG")
+
     evaluate = commands.add_parser("evaluate", help="evaluate a trained model on its validation data")
     evaluate.add_argument("--model", required=True, help="model directory")
     evaluate.add_argument("--data", help="other data to evaluate on (same format as training)")
+    evaluate.add_argument(
+        "--beam", type=int, default=5, help="translation: beam size compared with greedy (default: %(default)s)"
+    )
+    evaluate.add_argument("--limit", type=int, help="translation: score only the first N pairs of each test set")
 
     diagnose = commands.add_parser(
         "diagnose", help="plot gradient flow: dL/dh_t against time lag, per cell (vanishing/exploding)"
@@ -197,6 +210,28 @@ def run_generate(args: argparse.Namespace) -> None:
         sys.stdout.write(char)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def run_translate(args: argparse.Namespace) -> None:
+    from rnnkit.apps.translate import Translator, save_heatmap
+
+    translator = rnnkit.load(args.model)
+    if not isinstance(translator, Translator):
+        raise ValueError(f"{args.model} is not a translation model")
+    texts = list(args.texts)
+    if args.file:
+        try:
+            texts += [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise ValueError(f"--file: {args.file} is not UTF-8 text") from None
+    if not texts:
+        raise ValueError("give texts to translate, or --file")
+    options = {"beam": args.beam, "length_penalty": args.length_penalty, "max_length": args.max_length}
+    for output in translator.translate(texts, **options):
+        print(output)
+    if args.heatmap:
+        save_heatmap(translator, texts[0], Path(args.heatmap), args.beam)
+        print(f"attention heatmap: {args.heatmap}", file=sys.stderr)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -296,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             print_result(result)
         elif args.command == "generate":
             run_generate(args)
+        elif args.command == "translate":
+            run_translate(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "diagnose":

@@ -12,7 +12,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-APPS: dict[str, str] = {"charlm": "rnnkit.apps.charlm", "memory": "rnnkit.apps.memory"}
+APPS: dict[str, str] = {
+    "charlm": "rnnkit.apps.charlm",
+    "memory": "rnnkit.apps.memory",
+    "translate": "rnnkit.apps.translate",
+}
 
 
 def get_app(name: str) -> Any:

@@ -34,12 +34,14 @@ class Task(ABC):
 
     ``model``: the module to train. ``name``: the application (saved with the model).
     ``metric``: the key of :meth:`evaluate` that selects the best checkpoint and drives early
-    stopping (lower is better).
+    stopping (lower is better). ``step``: the trainer sets it to the 0-based optimizer step
+    before each :meth:`loss`, for schedules inside the loss (e.g. teacher forcing).
     """
 
     name: str = "task"
     metric: str = "val_loss"
     model: nn.Module
+    step: int = 0
 
     @abstractmethod
     def loss(self, model: nn.Module, data: Any, state: State) -> tuple[Tensor, State]:
@@ -179,6 +181,7 @@ class Trainer:
             )
         self.carry_batch = batch.size
         self.model.train()
+        self.task.step = self.step
         loss, carry = self.task.loss(self.train_model, batch.data, self.carry)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # always, so that every rank joins the gradient all-reduce
