@@ -180,7 +180,7 @@ def test_scores_and_word_by_word_baseline():
     result = scores(["deux mille", "trois"], ["deux mille", "quatre"])
     assert result["exact_match"] == 0.5 and 0 < result["chrf"] < 100
     pairs = [("the dog", "el perro"), ("the cat", "el gato"), ("a dog", "un perro"), ("a cat", "un gato")] * 3
-    assert WordByWord(pairs)("the cat, a dog") == "el gato , un perro"
+    assert WordByWord(pairs)("the cat, a dog") == "el gato, un perro"
 
 
 # -- the application ----------------------------------------------------------------------------------

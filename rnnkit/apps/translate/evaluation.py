@@ -49,7 +49,11 @@ class WordByWord:
         self.table = {e: f for e, (_, f) in best.items()}
 
     def __call__(self, text: str) -> str:
-        return " ".join(self.table.get(w, w) if w[0].isalnum() else w for w in _words(text))
+        out = []
+        for piece in pieces(text):
+            word = piece.strip()
+            out.append(piece[: len(piece) - len(word)] + (self.table.get(word, word) if word[0].isalnum() else word))
+        return "".join(out).strip()
 
 
 def _words(text: str) -> list[str]:
