@@ -260,8 +260,11 @@ def test_bad_input(trained, tmp_path, capsys, argv, message):
     assert err.startswith("rnnkit: error:") and message in err and err.count("\n") == 1, err
 
 
-def test_missing_bible_modules_give_one_clear_message(tmp_path):
+def test_missing_bible_modules_give_one_clear_message(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="apt-get install sword-text-kjv sword-text-sparv"):
+        parallel.bible_pairs(tmp_path / "no-sword", cache=tmp_path / "cache.tsv")
+    monkeypatch.setitem(__import__("sys").modules, "pysword.modules", None)  # pysword not installed
+    with pytest.raises(ValueError, match="pip install pysword==0.2.8"):
         parallel.bible_pairs(tmp_path / "no-sword", cache=tmp_path / "cache.tsv")
 
 
