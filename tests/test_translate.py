@@ -278,3 +278,13 @@ def test_bible_pairs_when_installed(tmp_path):
         "In the beginning God created the heaven and the earth.",
         "EN el principio crió Dios los cielos y la tierra.",
     )
+
+
+def test_evaluation_heatmap_tolerates_unknown_source_words(trained, tmp_path):
+    from rnnkit.apps.translate import save_heatmap
+
+    translator = rnnkit.load(trained)
+    save_heatmap(translator, "seven hundred zebras", tmp_path / "h.png", allow_unknown=True)
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="'zebras'"):
+        save_heatmap(translator, "seven hundred zebras", tmp_path / "h2.png")

@@ -187,7 +187,7 @@ def evaluate_model(translator: Translator, config: dict[str, Any], args: argpars
     if model_dir:
         source = next(iter(data.test.values()))[0][0]
         path = Path(model_dir) / "attention.png"
-        save_heatmap(translator, source, path)
+        save_heatmap(translator, source, path, allow_unknown=True)
         results["heatmap"] = str(path)
     return results
 
@@ -197,8 +197,8 @@ def _word_by_word(data: ParallelData, sources: list[str]) -> list[str]:
     return [baseline(s) for s in sources]
 
 
-def save_heatmap(translator: Translator, source: str, path: Path, beam: int = 1) -> str:
-    output = translator.translate(source, beam=beam)[0]
-    src, out, weights = translator.attention(source, output)
+def save_heatmap(translator: Translator, source: str, path: Path, beam: int = 1, allow_unknown: bool = False) -> str:
+    output = translator.translate(source, beam=beam, allow_unknown=allow_unknown)[0]
+    src, out, weights = translator.attention(source, output, allow_unknown)
     plot_attention(src, out, weights, path, f"{source}\n-> {output}")
     return output

@@ -310,10 +310,10 @@ class Translator:
         return out
 
     @torch.no_grad()
-    def attention(self, source: str, output: str) -> tuple[list[str], list[str], Tensor]:
+    def attention(self, source: str, output: str, allow_unknown: bool = False) -> tuple[list[str], list[str], Tensor]:
         """Source pieces, output pieces and the attention ``(len(output)+1, len(source)+1)`` the
         model gives while producing ``output`` (``</s>`` included on both sides)."""
-        src, lengths = self.encode_sources([source])
+        src, lengths = self.encode_sources([source], allow_unknown)
         produced = self.target_vocab.encode(output)  # y_1 ... y_T </s>
         _, weights = self.model(src, lengths, torch.tensor([[BOS_ID, *produced[:-1]]]))
 
