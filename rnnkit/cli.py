@@ -75,6 +75,12 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
         help="evaluations without improvement before stopping",
     )
     group.add_argument("--keep-checkpoints", type=int, default=base.keep_checkpoints)
+    best = group.add_mutually_exclusive_group()
+    best.add_argument(
+        "--restore-best", action="store_true", default=base.restore_best,
+        help=f"save the weights of the best evaluation, not the last (default: {'on' if base.restore_best else 'off'})",
+    )  # fmt: skip
+    best.add_argument("--no-restore-best", dest="restore_best", action="store_false", help="save the last weights")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -90,6 +96,7 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any]) -> TrainCon
         schedule=schedule, warmup_steps=args.warmup_steps, clip_norm=clip_norm,
         clip_value=args.clip_value, eval_every=args.eval_every, early_stop_patience=args.early_stop_patience,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
+        restore_best=args.restore_best,
     )  # fmt: skip
 
 
@@ -134,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--beam", type=int, default=5, help="translation: beam size compared with greedy (default: %(default)s)"
     )
     evaluate.add_argument("--limit", type=int, help="translation: score only the first N pairs of each test set")
+    evaluate.add_argument("--stride", type=int, help="forecasting: steps between backtest origins (default: horizon / 4)")
+    evaluate.add_argument("--no-arima", action="store_true", help="forecasting: skip the auto_arima baseline (the slow one)")
+
+    forecast = commands.add_parser("forecast", help="forecast the steps after the end of a series with a trained forecaster")
+    forecast.add_argument("--model", required=True, help="model directory")
+    forecast.add_argument(
+        "--data", help="CSV with the training columns (default: the training data); trailing rows with empty targets "
+        "give the future covariates",
+    )  # fmt: skip
+    forecast.add_argument("--output", help="CSV of the forecast quantiles (default: <model>/forecast.csv)")
+    forecast.add_argument("--plot", help="PNG of history, forecast and interval (default: <model>/forecast.png)")
 
     diagnose = commands.add_parser(
         "diagnose", help="plot gradient flow: dL/dh_t against time lag, per cell (vanishing/exploding)"
@@ -234,12 +252,35 @@ def run_translate(args: argparse.Namespace) -> None:
         print(f"attention heatmap: {args.heatmap}", file=sys.stderr)
 
 
+def run_forecast(args: argparse.Namespace) -> None:
+    from rnnkit.apps.forecast import ForecastModel, rebuild_series
+    from rnnkit.apps.forecast.plot import plot_forecast
+    from rnnkit.data.series import read_csv_frame
+
+    forecaster = rnnkit.load(args.model)
+    if not isinstance(forecaster, ForecastModel):
+        raise ValueError(f"{args.model} is not a forecasting model")
+    if args.data:
+        series, future_rows = forecaster.observed(read_csv_frame(args.data))
+    else:
+        series, future_rows = rebuild_series(forecaster), None
+    table = forecaster.predict(series, future_rows)
+    output = Path(args.output or Path(args.model) / "forecast.csv")
+    plot = Path(args.plot or Path(args.model) / "forecast.png")
+    atomic_write_text(output, table.to_csv(index=False))
+    plot_forecast(series, forecaster, table, plot)
+    print(table.to_string(index=False))
+    print(f"forecast: {output}; plot: {plot}", file=sys.stderr)
+
+
 def run_evaluate(args: argparse.Namespace) -> None:
     from rnnkit.io import read_model_dir
 
     config, _ = read_model_dir(Path(args.model))
     loaded = rnnkit.load(args.model)
     metrics = get_app(config["app"]).evaluate_model(loaded, config, args)
+    if "report" in metrics:  # a table the application formatted itself
+        print(metrics.pop("report"))
     for key, value in metrics.items():
         print(f"{key:>15}: {value:.4f}" if isinstance(value, float) else f"{key:>15}: {value}")
 
@@ -333,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             run_generate(args)
         elif args.command == "translate":
             run_translate(args)
+        elif args.command == "forecast":
+            run_forecast(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "diagnose":

@@ -16,6 +16,7 @@ APPS: dict[str, str] = {
     "charlm": "rnnkit.apps.charlm",
     "memory": "rnnkit.apps.memory",
     "translate": "rnnkit.apps.translate",
+    "forecast": "rnnkit.apps.forecast",
 }
 
 

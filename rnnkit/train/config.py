@@ -39,6 +39,7 @@ class TrainConfig:
     early_stop_patience: int | None = None  # evaluations without improvement before stopping
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    restore_best: bool = False  # export the weights of the best evaluation, not the last (Keras restore_best_weights)
     nan_patience: int = 5  # consecutive non-finite steps before training stops
     progress: bool = True
 

@@ -160,3 +160,48 @@ class GeneratedBatches:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.step = int(state["step"])
+
+
+class OffsetStreams:
+    """Truncated-BPTT batches over ``batch_size`` streams of ``length`` consecutive positions
+    each, cut from ``first ... total - 1`` at offsets drawn afresh every epoch (seeded by
+    ``(seed, epoch)``; streams may overlap). An epoch is the ``length // bptt_steps`` chunks of
+    one set of streams; the state is carried across them and dropped when new streams start.
+
+    ``data`` of a batch is the positions ``(B, K)``; a task can warm a fresh state up on the
+    positions before a stream's first (at least ``first`` of them exist).
+    """
+
+    stateful = True
+
+    def __init__(self, total: int, length: int, bptt_steps: int, batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, first: int = 0) -> None:  # fmt: skip
+        if not bptt_steps <= length <= total - first:
+            raise ValueError(f"streams of {length} steps need bptt_steps <= length <= the {total - first} positions there are")
+        self.total, self.length, self.bptt_steps, self.batch_size, self.seed = total, length, bptt_steps, batch_size, seed
+        self.first = first
+        self.share = _share(batch_size, rank, world_size)
+        self.chunks = length // bptt_steps
+        self.epoch, self.chunk = 0, 0
+
+    def _offsets(self) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randint(self.first, self.total - self.length + 1, (self.batch_size,), generator=generator)[self.share]
+
+    def __iter__(self) -> OffsetStreams:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.chunk == self.chunks:
+            self.epoch, self.chunk = self.epoch + 1, 0
+        steps = torch.arange(self.chunk * self.bptt_steps, (self.chunk + 1) * self.bptt_steps)
+        positions = self._offsets()[:, None] + steps[None, :]
+        batch = Batch(positions, positions.numel(), positions.shape[0], self.chunk == 0)
+        self.chunk += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "chunk": self.chunk}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.chunk = int(state["epoch"]), int(state["chunk"])

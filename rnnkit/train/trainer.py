@@ -28,6 +28,8 @@ from rnnkit.train.config import TrainConfig
 from rnnkit.train.distributed import DistContext, all_gather_cat, all_reduce_sum
 from rnnkit.train.metrics import MetricsLog, plot_curves
 
+BEST_WEIGHTS = "best-weights.safetensors"  # with restore_best: the weights of the best evaluation so far
+
 
 class Task(ABC):
     """What an application gives the trainer.
@@ -59,6 +61,11 @@ class Task(ABC):
     def describe(self) -> dict[str, Any]:
         """JSON that rebuilds the model (sizes, vocabulary, ...), saved beside its weights."""
         return {}
+
+    def final_description(self) -> dict[str, Any]:
+        """The description saved with the final model: :meth:`describe` plus anything computed
+        from the final weights (a forecaster's interval calibration, say)."""
+        return self.describe()
 
 
 class TrainingDiverged(RuntimeError):
@@ -233,6 +240,9 @@ class Trainer:
             return False
         if self.best is None or value < self.best:
             self.best, self.best_step, self.evals_since_best = value, self.step, 0
+            if self.config.restore_best:
+                self.out.mkdir(parents=True, exist_ok=True)
+                ckpt.atomic_save_tensors(self.out / BEST_WEIGHTS, _cloned(self.model.state_dict()))
         else:
             self.evals_since_best += 1
         patience = self.config.early_stop_patience
@@ -327,8 +337,12 @@ class Trainer:
         """The model directory: weights, config (with the app's description), curves."""
         from rnnkit.io import save_model
 
-        save_model(self.out, self.task.name, self.task.describe(), self.model,
-                   extra={"train": self.config.to_json(), "step": self.step, "metrics": self.last_eval})  # fmt: skip
+        extra = {"train": self.config.to_json(), "step": self.step, "metrics": self.last_eval}
+        if self.config.restore_best and (self.out / BEST_WEIGHTS).is_file():
+            self.model.load_state_dict(ckpt.load_tensors(self.out / BEST_WEIGHTS))
+            extra.update(weights_from_step=self.best_step, metrics={self.task.metric: self.best})
+        self.model.eval()
+        save_model(self.out, self.task.name, self.task.final_description(), self.model, extra=extra)
         records = self.log.read()
         if records:
             plot_curves(records, self.out / "curves.png", self.task.metric, title=f"rnnkit {self.task.name}")
