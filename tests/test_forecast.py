@@ -106,6 +106,10 @@ def test_bundled_datasets_read_offline():
     assert len(from_frame(weather.frame, weather.spec)) == 1461 and weather.season == 365
     msft = from_frame(bundled("msft").frame, bundled("msft").spec)
     assert len(msft) == 7983 and msft.freq == ROWS and msft.spec.transform == "log"
+    temps = bundled("seattle-temps")
+    assert len(from_frame(temps.frame, temps.spec)) == 8760  # the hour missing from 2010 is interpolated
+    sunspots = bundled("sunspots")
+    assert from_frame(sunspots.frame, sunspots.spec).freq == "MS" and sunspots.season == 12
 
 
 # -- features -------------------------------------------------------------------------------------
@@ -324,6 +328,22 @@ def test_cli_forecast_writes_csv_and_png_and_evaluate_prints_the_table(trained, 
     assert set(saved["methods"]) == {"rnnkit", "naive", "seasonal naive m=24"} and (run / "backtest.png").is_file()
 
 
+def test_several_targets_are_forecast_jointly(tmp_path, capsys):
+    csv = tmp_path / "two.csv"
+    frame = seasonal_frame(rows=600)
+    frame.assign(other=frame["load"] * 0.5 + frame["temp"]).to_csv(csv, index=False)
+    argv = train_args(tmp_path, csv)
+    argv[argv.index("--target") + 1 : argv.index("--target") + 2] = ["load", "other"]
+    argv[argv.index("--steps") + 1] = "20"
+    assert main(argv) == 0
+    forecaster = rnnkit.load(tmp_path / "run")
+    assert forecaster.model.config.targets == 2
+    table = forecaster.predict(pd.read_csv(csv))
+    assert [c for c in table.columns if c.endswith("_q50")] == ["load_q50", "other_q50"] and len(table) == 6
+    result = app.backtest(forecaster, app.rebuild_series(forecaster), arima=False)
+    assert result["quantiles"].shape[1:] == (6, 2, 3) and np.isfinite(result["table"]["rnnkit"]["MASE"])
+
+
 def test_auto_arima_baseline_is_computed_from_the_same_origins():
     pytest.importorskip("pmdarima", reason="pmdarima is in the dev extra; CI installs it")
     rng = np.random.default_rng(0)
@@ -383,7 +403,7 @@ def test_unknown_bundled_dataset_and_conflicting_sources(capsys):
 
 # -- the targets on real data (slow) ----------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize(("dataset", "bar"), [("taylor", 0.307), ("seattle-weather", 0.75), ("msft", 1.07)])
+@pytest.mark.parametrize(("dataset", "bar"), [("taylor", 0.307), ("seattle-weather", 0.73), ("msft", 1.07)])
 def test_default_training_reaches_the_targets(tmp_path, dataset, bar):
     assert main(["train", "forecast", "--dataset", dataset, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     forecaster = rnnkit.load(tmp_path / "run")

@@ -34,7 +34,36 @@ def _share(global_batch: int, rank: int, world_size: int) -> slice:
     return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
-class StreamBatches:
+class _ChunkedStreams:
+    """Chunks ``0 ... chunks - 1`` of the current streams, in order, then the next epoch's: the
+    position is ``(epoch, chunk)``. A subclass sets ``chunks`` and makes chunk ``c``'s batch."""
+
+    stateful = True
+    chunks: int
+    epoch: int = 0
+    chunk: int = 0
+
+    def _batch(self, chunk: int) -> Batch:
+        raise NotImplementedError
+
+    def __iter__(self) -> _ChunkedStreams:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.chunk == self.chunks:
+            self.epoch, self.chunk = self.epoch + 1, 0
+        batch = self._batch(self.chunk)
+        self.chunk += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "chunk": self.chunk}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.chunk = int(state["epoch"]), int(state["chunk"])
+
+
+class StreamBatches(_ChunkedStreams):
     """Truncated-BPTT batches over one long token sequence, char-rnn style.
 
     The ``L`` tokens are laid out as ``batch_size`` contiguous streams of ``S = (L - 1) // B``
@@ -43,8 +72,6 @@ class StreamBatches:
     each stream, so the state is carried across them; after the last whole chunk the streams
     start again (``starts_streams``). Tokens past the last whole chunk are not used.
     """
-
-    stateful = True
 
     def __init__(self, tokens: Tensor, batch_size: int, bptt_steps: int, rank: int = 0, world_size: int = 1) -> None:
         if tokens.dim() != 1:
@@ -59,26 +86,12 @@ class StreamBatches:
         self.bptt_steps, self.batch_size = bptt_steps, batch_size
         streams = tokens.as_strided((batch_size, stream_length + 1), (stream_length * tokens.stride(0), tokens.stride(0)))
         self.streams = streams[_share(batch_size, rank, world_size)]
-        self.epoch, self.chunk = 0, 0
 
-    def __iter__(self) -> StreamBatches:
-        return self
-
-    def __next__(self) -> Batch:
-        if self.chunk == self.chunks:
-            self.epoch, self.chunk = self.epoch + 1, 0
-        start = self.chunk * self.bptt_steps
+    def _batch(self, chunk: int) -> Batch:
+        start = chunk * self.bptt_steps
         window = self.streams[:, start : start + self.bptt_steps + 1]
         inputs, targets = window[:, :-1].contiguous(), window[:, 1:].contiguous()
-        batch = Batch((inputs, targets), inputs.numel(), inputs.shape[0], self.chunk == 0)
-        self.chunk += 1
-        return batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "chunk": self.chunk}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.chunk = int(state["epoch"]), int(state["chunk"])
+        return Batch((inputs, targets), inputs.numel(), inputs.shape[0], chunk == 0)
 
 
 class ShuffledBatches:
@@ -162,7 +175,7 @@ class GeneratedBatches:
         self.step = int(state["step"])
 
 
-class OffsetStreams:
+class OffsetStreams(_ChunkedStreams):
     """Truncated-BPTT batches over ``batch_size`` streams of ``length`` consecutive positions
     each, cut from ``first ... total - 1`` at offsets drawn afresh every epoch (seeded by
     ``(seed, epoch)``; streams may overlap). An epoch is the ``length // bptt_steps`` chunks of
@@ -172,8 +185,6 @@ class OffsetStreams:
     positions before a stream's first (at least ``first`` of them exist).
     """
 
-    stateful = True
-
     def __init__(self, total: int, length: int, bptt_steps: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, first: int = 0) -> None:  # fmt: skip
         if not bptt_steps <= length <= total - first:
@@ -182,26 +193,12 @@ class OffsetStreams:
         self.first = first
         self.share = _share(batch_size, rank, world_size)
         self.chunks = length // bptt_steps
-        self.epoch, self.chunk = 0, 0
 
     def _offsets(self) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randint(self.first, self.total - self.length + 1, (self.batch_size,), generator=generator)[self.share]
 
-    def __iter__(self) -> OffsetStreams:
-        return self
-
-    def __next__(self) -> Batch:
-        if self.chunk == self.chunks:
-            self.epoch, self.chunk = self.epoch + 1, 0
-        steps = torch.arange(self.chunk * self.bptt_steps, (self.chunk + 1) * self.bptt_steps)
-        positions = self._offsets()[:, None] + steps[None, :]
-        batch = Batch(positions, positions.numel(), positions.shape[0], self.chunk == 0)
-        self.chunk += 1
-        return batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "chunk": self.chunk}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.chunk = int(state["epoch"]), int(state["chunk"])
+    def _batch(self, chunk: int) -> Batch:
+        steps = torch.arange(chunk * self.bptt_steps, (chunk + 1) * self.bptt_steps)
+        positions = self._offsets()[:, None] + steps[None, :]  # this epoch's offsets
+        return Batch(positions, positions.numel(), positions.shape[0], chunk == 0)

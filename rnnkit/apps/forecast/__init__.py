@@ -58,13 +58,14 @@ class ForecastTask(Task):
         forecast, state = model(batch.inputs, batch.ahead, batch.lagged, batch.anchor, state)
         return pinball_loss(forecast, batch.target, batch.mask, self.model.config.quantiles), state
 
+    def valid_forecast(self) -> Tensor:
+        """The (uncalibrated) quantiles at every validation origin, from one encoder pass."""
+        hidden, _ = self.model.encode(self.valid.inputs[None])
+        return self.forecaster.raw(hidden[:, 0, self.valid_origins], self.valid, self.valid_origins)
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        valid, index = self.valid, self.valid_origins
-        hidden, _ = self.model.encode(valid.inputs[None])
-        forecast = self.model.combine(
-            self.model.head_forward(hidden[:, 0, index], valid.ahead[index], valid.lagged[index], valid.anchor[index])
-        )
-        target, mask = valid.target[index], valid.mask[index]
+        forecast = self.valid_forecast()
+        target, mask = self.valid.target[self.valid_origins], self.valid.mask[self.valid_origins]
         median = forecast[..., self.model.config.quantiles.index(0.5)] if 0.5 in self.model.config.quantiles else None
         metrics = {"val_pinball": pinball_loss(forecast, target, mask, self.model.config.quantiles).item()}
         if median is not None:
@@ -77,13 +78,12 @@ class ForecastTask(Task):
 
     @torch.no_grad()
     def final_description(self) -> dict[str, Any]:
-        """With the conformal calibration of the intervals on the validation origins."""
-        valid, index = self.valid, self.valid_origins
-        hidden, _ = self.model.encode(valid.inputs[None])
-        forecast = self.model.combine(
-            self.model.head_forward(hidden[:, 0, index], valid.ahead[index], valid.lagged[index], valid.anchor[index])
+        """With the conformal calibration of the intervals on the validation origins (used when a
+        series is too short for the adaptive calibration on its own recent errors)."""
+        index = self.valid_origins
+        widths = conformal_widths(
+            self.valid_forecast(), self.valid.target[index], self.valid.mask[index], self.model.config.quantiles
         )
-        widths = conformal_widths(forecast, valid.target[index], valid.mask[index], self.model.config.quantiles)
         return {**self.describe(), "calibration": None if widths is None else widths.tolist()}
 
 
@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--valid-fraction", type=float, default=0.1, help="rows before the test part for validation (default: 0.1)"
     )
     model = parser.add_argument_group("forecast: model")
-    model.add_argument("--horizon", type=int, help="steps forecast at once (default: the dataset's, else 1 season or 24)")
+    model.add_argument("--horizon", type=int, help="steps forecast at once (default: the dataset's, else 24)")
     model.add_argument(
         "--lookback", type=int, help="history read before the first forecast (default: the largest lag, else 4 x horizon)"
     )

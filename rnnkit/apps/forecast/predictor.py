@@ -81,7 +81,10 @@ class ForecastModel:
         self.check(series)
         features = build_features(series, self.scaler, self.layout, future_rows=future_rows)
         hidden, _ = self.model.encode(features.inputs[None])
-        raw = self.raw(hidden[:, 0], features, slice(None))
+        window = int(self.info.get("calibration_window", 0))
+        needed = torch.as_tensor(np.unique(np.concatenate([np.arange(max(0, t - window), t + 1) for t in starts])))
+        raw = torch.zeros(len(series), *features.target.shape[1:], len(self.quantiles))  # the head runs where needed only
+        raw[needed] = self.raw(hidden[:, 0, needed], features, needed)
         return self.unscale(torch.stack([self.calibrated(raw, features, int(t)) for t in starts]))
 
     def predict(self, data: Any, future_rows: np.ndarray | None = None) -> Any:
@@ -107,6 +110,10 @@ class ForecastModel:
     def observed(self, frame: Any) -> tuple[TimeSeries, np.ndarray | None]:
         """Split a table into its observed rows and, if it ends with rows whose targets are all
         empty, the future covariates given there (exactly ``horizon`` rows are used)."""
+        import pandas as pd
+
+        if missing := [c for c in self.spec.targets + self.spec.future if c not in frame.columns]:
+            raise ValueError(f"--data: no column {', '.join(map(repr, missing))} (the model was trained on them)")
         empty = frame[self.spec.targets].isna().all(axis=1).to_numpy()
         last = len(empty) - int(np.argmin(empty[::-1])) if not empty.all() else 0
         series = from_frame(frame.iloc[:last], self.spec, "--data")
@@ -118,15 +125,16 @@ class ForecastModel:
                 f"--data: the future covariates {', '.join(self.spec.future)} must be given for the {self.horizon} rows "
                 f"after the last observation (rows with empty targets); found {len(ahead)}"
             )
-        values = ahead.apply(lambda c: __import__("pandas").to_numeric(c, errors="coerce")).to_numpy(dtype=np.float64)
+        values = ahead.apply(lambda column: pd.to_numeric(column, errors="coerce")).to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
             rows = (last + np.flatnonzero(~np.isfinite(values).all(axis=1))).tolist()
             raise ValueError(f"--data: a future covariate is NaN at forecast time (rows {', '.join(map(str, rows))})")
         return series, values
 
-    def stream(self, history: TimeSeries) -> StreamingForecaster:
-        """A :class:`StreamingForecaster` that has read ``history``."""
-        return StreamingForecaster(self, history)
+    def stream(self, history: Any) -> StreamingForecaster:
+        """A :class:`StreamingForecaster` that has read ``history`` (a TimeSeries or a DataFrame
+        with the training columns)."""
+        return StreamingForecaster(self, history if isinstance(history, TimeSeries) else self.observed(history)[0])
 
 
 class StreamingForecaster:
@@ -167,9 +175,8 @@ class StreamingForecaster:
         self.recent = _tail(TimeSeries(recent.spec, times, recent.freq, np.concatenate([recent.target, row[0]]),
                                        np.concatenate([recent.past, row[1]]), np.concatenate([recent.future, row[2]]),
                                        recent.static, recent.name), self.keep)  # fmt: skip
-        features = build_features(self.recent, scaler, self.f.layout)
-        last = len(self.recent) - 1
-        hidden, self.state = self.f.model.encode(features.inputs[None, last:], self.state)
+        inputs = build_features(_tail(self.recent, 2), scaler, self.f.layout).inputs[-1:]  # the new row's (and its change)
+        hidden, self.state = self.f.model.encode(inputs[None], self.state)
         self.hiddens = torch.cat([self.hiddens, hidden[:, 0]], dim=1)[:, -self.keep :]
 
     @torch.no_grad()
