@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--max-length", type=int, help="longest output in pieces (default: 2 x source + 10)")
     translate.add_argument("--heatmap", help="write the attention heatmap of the first text to this PNG")
 
+    predict = commands.add_parser("predict", help="classify texts with a trained sentiment model")
+    predict.add_argument("texts", nargs="*", help="texts to classify (or --file)")
+    predict.add_argument("--model", required=True, help="model directory")
+    predict.add_argument("--file", help="a UTF-8 file with one text per line")
+    predict.add_argument("--explain", action="store_true", help="also the words with the highest attention weights")
+
     evaluate = commands.add_parser("evaluate", help="evaluate a trained model on its validation data")
     evaluate.add_argument("--model", required=True, help="model directory")
     evaluate.add_argument("--data", help="other data to evaluate on (same format as training)")
@@ -236,20 +242,39 @@ def run_translate(args: argparse.Namespace) -> None:
     translator = rnnkit.load(args.model)
     if not isinstance(translator, Translator):
         raise ValueError(f"{args.model} is not a translation model")
-    texts = list(args.texts)
-    if args.file:
-        try:
-            texts += [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError:
-            raise ValueError(f"--file: {args.file} is not UTF-8 text") from None
-    if not texts:
-        raise ValueError("give texts to translate, or --file")
+    texts = read_texts(args.texts, args.file)
     options = {"beam": args.beam, "length_penalty": args.length_penalty, "max_length": args.max_length}
     for output in translator.translate(texts, **options):
         print(output)
     if args.heatmap:
         save_heatmap(translator, texts[0], Path(args.heatmap), args.beam)
         print(f"attention heatmap: {args.heatmap}", file=sys.stderr)
+
+
+def read_texts(texts: list[str], file: str | None) -> list[str]:
+    """Texts from the command line and, one a line, from ``file``."""
+    texts = list(texts)
+    if file:
+        try:
+            texts += [line for line in Path(file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise ValueError(f"--file: {file} is not UTF-8 text") from None
+    if not texts:
+        raise ValueError("give texts, or --file")
+    return texts
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from rnnkit.apps.sentiment.model import Classifier
+
+    classifier = rnnkit.load(args.model)
+    if not isinstance(classifier, Classifier):
+        raise ValueError(f"{args.model} is not a classification model")
+    texts = read_texts(args.texts, args.file)
+    for text, (label, probability) in zip(texts, classifier.predict(texts)):
+        print(f"{label}\t{probability:.3f}\t{text}")
+        if args.explain:
+            print("\t" + ", ".join(f"{word} {weight:.2f}" for word, weight in classifier.explain(text)))
 
 
 def run_forecast(args: argparse.Namespace) -> None:
@@ -374,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             run_generate(args)
         elif args.command == "translate":
             run_translate(args)
+        elif args.command == "predict":
+            run_predict(args)
         elif args.command == "forecast":
             run_forecast(args)
         elif args.command == "evaluate":

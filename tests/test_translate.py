@@ -243,7 +243,7 @@ def test_evaluate_on_a_tsv_includes_the_baselines(trained, tmp_path):
         (["translate", "--model", "{m}", "hello"], "outside the model's vocabulary: 'hello'"),
         (["translate", "--model", "{m}", "seven", "--beam", "0"], "beam must be an integer >= 1"),
         (["translate", "--model", "{m}", "seven", "--max-length", "0"], "max_length must be an integer >= 1"),
-        (["translate", "--model", "{m}"], "give texts to translate"),
+        (["translate", "--model", "{m}"], "give texts, or --file"),
         (["train", "translate", "--pair", "en-xx", "--steps", "1", "--out", "{t}/a"], "num2words has no language 'xx'"),
         (["train", "translate", "--pair", "enfr", "--steps", "1", "--out", "{t}/b"], "--pair must look like en-fr"),
         (["train", "translate", "--task", "dates", "--pair", "en-zz", "--steps", "1", "--out", "{t}/c"], "no locale 'zz'"),

@@ -17,6 +17,7 @@ APPS: dict[str, str] = {
     "memory": "rnnkit.apps.memory",
     "translate": "rnnkit.apps.translate",
     "forecast": "rnnkit.apps.forecast",
+    "sentiment": "rnnkit.apps.sentiment",
 }
 
 

@@ -1,0 +1,144 @@
+"""The sequence classifier: embedding, an rnnkit encoder, pooling over valid steps, softmax.
+
+::
+
+    e_t  = E[w_t]                                        word embedding
+    h_t  = encoder(e_t, h_{t-1})                         rnnkit LSTM / GRU / RNN, (bi)directional: h_t = [fwd; bwd]
+    pooling over t < length only (padding never reaches the result):
+      last       h = [fwd h_{length-1}; bwd h_0]          the final state of each direction
+      max        h = max_t h_t                            per feature
+      mean       h = (1 / length) sum_t h_t
+      attention  a_t = softmax_t(v^T tanh(W h_t + b)),  h = sum_t a_t h_t     (additive, Bahdanau)
+    p(y | text) = softmax(W_hy h + b_y)                  the output layer (rnnkit.heads.OutputLayer)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.data.reviews import WordVocab
+from rnnkit.heads import OutputLayer
+from rnnkit.layers import GRU, LSTM, RNN
+
+CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+POOLINGS = ("max", "mean", "last", "attention")
+
+
+@dataclass
+class ClassifierConfig:
+    """What rebuilds the classifier: its vocabulary (words after ``<pad>``, ``<unk>``), classes and sizes."""
+
+    words: list[str]
+    classes: list[str]
+    cell: str = "lstm"
+    embedding: int = 100
+    hidden: int = 128
+    layers: int = 1
+    bidirectional: bool = True
+    pooling: str = "attention"
+    dropout: float = 0.3
+    data: dict[str, Any] = field(default_factory=dict)  # how to rebuild the dataset (for evaluate)
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        for name in ("embedding", "hidden", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+
+class SequenceClassifier(nn.Module):
+    """``forward(tokens (N, T), lengths (N,)) -> (logits (N, C), attention (N, T) or None)``."""
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(len(c.words) + 2, c.embedding, padding_idx=0)
+        self.encoder = CELLS[c.cell](c.embedding, c.hidden, c.layers, batch_first=True, bidirectional=c.bidirectional,
+                                     dropout=c.dropout if c.layers > 1 else 0.0)  # fmt: skip
+        width = c.hidden * (2 if c.bidirectional else 1)
+        if c.pooling == "attention":
+            self.score = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False))
+        self.dropout = nn.Dropout(c.dropout)
+        self.output = OutputLayer(width, len(c.classes))
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | None]:
+        c = self.config
+        steps, h_n = self.encoder(self.dropout(self.embed(tokens)), lengths=lengths)  # (N, T, D*H), zero past lengths
+        valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]  # (N, T)
+        attention = None
+        if c.pooling == "max":
+            pooled = steps.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)
+        elif c.pooling == "mean":
+            pooled = steps.sum(dim=1) / lengths[:, None].to(steps.dtype)
+        elif c.pooling == "last":
+            final = h_n[0] if isinstance(h_n, tuple) else h_n  # (L*D, N, H): the top layer's directions last
+            pooled = final[-(2 if c.bidirectional else 1) :].transpose(0, 1).flatten(1)
+        else:
+            scores = self.score(steps).squeeze(-1).masked_fill(~valid, float("-inf"))
+            attention = scores.softmax(dim=1)
+            pooled = (attention[..., None] * steps).sum(dim=1)
+        return self.output.logits(self.dropout(pooled)), attention
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+
+class Classifier:
+    """A trained classifier with its vocabulary: :meth:`predict` texts, :meth:`explain` them."""
+
+    def __init__(self, model: SequenceClassifier) -> None:
+        self.model = model.eval()
+        self.config = model.config
+        self.vocab = WordVocab(model.config.words)
+
+    def encode(self, texts: list[str], strict: bool = True) -> list[list[int]]:
+        """Word ids; an empty text is an error, and so (``strict``) is one whose words are all unknown."""
+        encoded = []
+        for text in texts:
+            ids = self.vocab.encode(text)
+            if not ids:
+                raise ValueError(f"cannot classify an empty text ({text!r})")
+            if strict and all(i == 1 for i in ids):
+                raise ValueError(f"every word of {text[:60]!r} is unknown to the model")
+            encoded.append(ids)
+        return encoded
+
+    @torch.no_grad()
+    def probabilities(self, texts: list[str], batch_size: int = 64, strict: bool = True) -> Tensor:
+        """``(N, C)`` class probabilities."""
+        from rnnkit.data.parallel import pad_batch
+
+        encoded, out = self.encode(texts, strict), []
+        for start in range(0, len(encoded), batch_size):
+            tokens, lengths = pad_batch(encoded[start : start + batch_size])
+            out.append(self.model(tokens, lengths)[0].softmax(dim=-1))
+        return torch.cat(out)
+
+    def predict(self, texts: str | list[str]) -> list[tuple[str, float]]:
+        """``(label, probability)`` per text."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        probabilities = self.probabilities(texts)
+        best = probabilities.argmax(dim=-1)
+        return [(self.config.classes[int(i)], float(p[i])) for i, p in zip(best, probabilities)]
+
+    @torch.no_grad()
+    def explain(self, text: str, top: int = 5) -> list[tuple[str, float]]:
+        """The ``top`` words with the highest attention weights (attention pooling only)."""
+        if self.config.pooling != "attention":
+            raise ValueError(f"--explain needs a model with attention pooling; this one pools by {self.config.pooling}")
+        from rnnkit.data.reviews import tokenize
+
+        ids = self.encode([text])[0]
+        _, attention = self.model(torch.tensor([ids]), torch.tensor([len(ids)]))
+        words = tokenize(text)
+        ranked = sorted(zip(words, attention[0].tolist()), key=lambda pair: -pair[1])
+        return ranked[:top]

