@@ -113,6 +113,41 @@ def test_last_pooling_is_the_final_state_of_each_direction():
     torch.testing.assert_close(logits[1], model.output.logits(torch.cat([forward_last, backward_first])))
 
 
+def test_the_bidirectional_language_model_reads_each_side_only():
+    torch.manual_seed(0)
+    config = ClassifierConfig(WORDS, ["negative", "positive"], "lstm", embedding=6, hidden=5, dropout=0.0, lm_words=6)
+    model = SequenceClassifier(config).eval()
+    tokens = torch.tensor([[3, 4, 9, 5, 2, 7]])
+    lengths = torch.tensor([6])
+    forward, backward = model.lm_logits(tokens, lengths)
+    assert forward.shape == (1, 6, 6)  # the 6 most frequent ids (specials included)
+    changed = tokens.clone()
+    changed[0, 3] = 8  # w_3 changes: forward logits at t < 3 and backward ones at t > 3 do not
+    forward2, backward2 = model.lm_logits(changed, lengths)
+    torch.testing.assert_close(forward2[:, :3], forward[:, :3])
+    torch.testing.assert_close(backward2[:, 4:], backward[:, 4:])
+    assert not torch.allclose(forward2[:, 3], forward[:, 3]) and not torch.allclose(backward2[:, 3], backward[:, 3])
+    seen = tokens[0].masked_fill(tokens[0] >= 6, 1)  # ids past the LM's 6 words are scored as <unk> (1)
+    cross_entropy = torch.nn.functional.cross_entropy
+    by_hand = (cross_entropy(forward[0, :5], seen[1:]) + cross_entropy(backward[0, 1:], seen[:5])) / 2
+    torch.testing.assert_close(model.lm_loss(tokens, lengths), by_hand)
+
+
+def test_pretraining_then_fine_tuning_in_one_run(trained, tmp_path):
+    _, csv = trained
+    argv = ["train", "sentiment", "--data", str(csv), "--text-col", "sentence", "--label-col", "polarity", "--hidden", "32",
+            "--embedding", "32", "--pretrain-steps", "40", "--lm-words", "2000", "--steps", "60", "--lr", "1e-2",
+            "--warmup-steps", "5", "--eval-every", "20", "--out", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lm = [r["loss"] for r in records if r["kind"] == "train" and r["step"] <= 40]
+    assert sum(lm[-5:]) / 5 < sum(lm[:5]) / 5 - 1.0  # the language model learns (from ~ln 2000 = 7.6 nats)
+    evals = {r["step"]: r for r in records if r["kind"] == "eval"}
+    assert "val_lm_loss" in evals[20] and "val_lm_loss" not in evals[60]
+    classifier = rnnkit.load(tmp_path / "run")
+    assert classifier.config.lm_words == 2000 and len(classifier.predict(["a fine film"])) == 1
+
+
 def test_metrics_by_hand():
     gold, predicted = [0, 0, 1, 1, 1], [0, 1, 1, 1, 0]
     assert confusion(gold, predicted, 2).tolist() == [[1, 1], [1, 2]]

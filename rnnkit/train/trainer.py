@@ -44,6 +44,7 @@ class Task(ABC):
     metric: str = "val_loss"
     model: nn.Module
     step: int = 0
+    partial_updates: bool = False  # some steps leave parameters unused (DDP must then look for them)
 
     @abstractmethod
     def loss(self, model: nn.Module, data: Any, state: State) -> tuple[Tensor, State]:
@@ -108,7 +109,7 @@ class Trainer:
         self.model = task.model.to(self.context.device)
         self.train_model: nn.Module = self.model
         if self.context.active:
-            self.train_model = nn.parallel.DistributedDataParallel(self.model)
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=task.partial_updates)
         self.optimizer = make_optimizer(self.model.parameters(), config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, config.lr_factor)
         self.out = Path(config.out)

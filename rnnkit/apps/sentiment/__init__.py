@@ -3,7 +3,9 @@
 Data (:mod:`rnnkit.data.reviews`): Rotten Tomatoes sentences (default, ``--dataset rt``), IMDB
 reviews, both, or any CSV (``--data FILE --text-col C --label-col L``); seeded 80/10/10 splits.
 Model: :class:`~rnnkit.apps.sentiment.model.SequenceClassifier`. Training: full BPTT over
-whole padded texts (with ``lengths``), cross-entropy; the best validation accuracy is kept.
+whole padded texts (with ``lengths``): the first ``--pretrain-steps`` train the encoder as a
+bidirectional language model on the training texts, the rest the classifier (cross-entropy);
+the weights of the best validation accuracy are kept.
 """
 
 from __future__ import annotations
@@ -42,11 +44,14 @@ class SentimentTask(Task):
     name = NAME
     metric = "val_error"
 
-    def __init__(self, model: SequenceClassifier, valid: list[tuple[list[int], int]]) -> None:
-        self.model, self.valid = model, valid
+    def __init__(self, model: SequenceClassifier, valid: list[tuple[list[int], int]], pretrain_steps: int = 0) -> None:
+        self.model, self.valid, self.pretrain_steps = model, valid, pretrain_steps
+        self.partial_updates = pretrain_steps > 0  # the LM heads, then the classifier's, sit out
 
     def loss(self, model: nn.Module, data: Any, state: Any) -> tuple[Tensor, None]:
         tokens, lengths, labels = data
+        if self.step < self.pretrain_steps:  # first the encoder learns the language of the texts
+            return model(tokens, lengths, language_model=True)[0], None
         logits, _ = model(tokens, lengths)
         return F.cross_entropy(logits, labels), None
 
@@ -58,7 +63,11 @@ class SentimentTask(Task):
             total += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(dim=-1) == labels).sum())
         accuracy = correct / len(self.valid)
-        return {"val_error": 1 - accuracy, "val_accuracy": accuracy, "val_loss": total / len(self.valid)}
+        metrics = {"val_error": 1 - accuracy, "val_accuracy": accuracy, "val_loss": total / len(self.valid)}
+        if self.step < self.pretrain_steps:
+            (tokens, lengths, _), _ = collate(self.valid[:EVAL_BATCH])
+            metrics["val_lm_loss"] = self.model.lm_loss(tokens, lengths).item()
+        return metrics
 
     def describe(self) -> dict[str, Any]:
         return self.model.describe()
@@ -78,6 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--unidirectional", action="store_true", help="one direction (default: bidirectional)")
     group.add_argument("--pooling", choices=POOLINGS, default="attention", help="over valid steps (default: %(default)s)")
     group.add_argument("--dropout", type=float, default=0.3)
+    group.add_argument(
+        "--pretrain-steps", type=int, default=0,
+        help="first steps train the encoder as a bidirectional language model on the training texts (default: 0)",
+    )  # fmt: skip
+    group.add_argument("--lm-words", type=int, default=10_000, help="words the language model predicts (default: %(default)s)")
 
 
 def load_data(dataset: str | None, data: str | None, text_col: str, label_col: str, seed: int) -> LabelledTexts:
@@ -91,16 +105,18 @@ def load_data(dataset: str | None, data: str | None, text_col: str, label_col: s
 def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -> tuple[SentimentTask, ShuffledBatches]:
     if args.vocab_size < 3 or args.max_words < 1:
         raise ValueError("--vocab-size must be >= 3 and --max-words >= 1")
+    if args.pretrain_steps < 0 or args.lm_words < 3:
+        raise ValueError("--pretrain-steps must be >= 0 and --lm-words >= 3")
     data = load_data(args.dataset, args.data, args.text_col, args.label_col, config.seed)
     vocab = WordVocab.build((text for text, _ in data.train), args.vocab_size)
     described = {"dataset": None if args.data else (args.dataset or "rt"), "data": args.data, "text_col": args.text_col,
                  "label_col": args.label_col, "seed": config.seed}  # fmt: skip
     model = SequenceClassifier(ClassifierConfig(
         vocab.words(), data.classes, args.cell, args.embedding, args.hidden, args.layers, not args.unidirectional,
-        args.pooling, args.dropout, described,
+        args.pooling, args.dropout, args.lm_words if args.pretrain_steps else 0, described,
     ))  # fmt: skip
     train = [(ids[: args.max_words], label) for ids, label in _encode(vocab, data.train)]
-    return SentimentTask(model, _encode(vocab, data.valid)), ShuffledBatches(
+    return SentimentTask(model, _encode(vocab, data.valid), args.pretrain_steps), ShuffledBatches(
         train, config.batch_size, collate, config.seed, context.rank, context.world_size
     )
 

@@ -10,6 +10,13 @@
       mean       h = (1 / length) sum_t h_t
       attention  a_t = softmax_t(v^T tanh(W h_t + b)),  h = sum_t a_t h_t     (additive, Bahdanau)
     p(y | text) = softmax(W_hy h + b_y)                  the output layer (rnnkit.heads.OutputLayer)
+
+Language-model pretraining (ULMFiT's route, here as ELMo's bidirectional LM, so one pass trains
+both directions of the classifier's own encoder)::
+
+    p(w_{t+1} | w_<=t) = softmax(U_f fwd_t + c_f),   p(w_{t-1} | w_>=t) = softmax(U_b bwd_t + c_b)
+
+over the ``lm_words`` most frequent words (rarer ones are predicted as ``<unk>``).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from rnnkit.data.reviews import WordVocab
 from rnnkit.heads import OutputLayer
@@ -41,6 +49,7 @@ class ClassifierConfig:
     bidirectional: bool = True
     pooling: str = "attention"
     dropout: float = 0.3
+    lm_words: int = 0  # > 0: language-model heads over this many words, for pretraining
     data: dict[str, Any] = field(default_factory=dict)  # how to rebuild the dataset (for evaluate)
 
     def __post_init__(self) -> None:
@@ -69,8 +78,15 @@ class SequenceClassifier(nn.Module):
             self.score = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False))
         self.dropout = nn.Dropout(c.dropout)
         self.output = OutputLayer(width, len(c.classes))
+        if c.lm_words:
+            directions = 2 if c.bidirectional else 1
+            self.lm_heads = nn.ModuleList(OutputLayer(c.hidden, min(c.lm_words, len(c.words) + 2)) for _ in range(directions))
 
-    def forward(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, tokens: Tensor, lengths: Tensor, language_model: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``(logits, attention)``; with ``language_model``, ``(lm_loss, None)`` instead (through
+        ``forward``, so a DistributedDataParallel wrapper synchronises its gradients too)."""
+        if language_model:
+            return self.lm_loss(tokens, lengths), None
         c = self.config
         steps, h_n = self.encoder(self.dropout(self.embed(tokens)), lengths=lengths)  # (N, T, D*H), zero past lengths
         valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]  # (N, T)
@@ -87,6 +103,29 @@ class SequenceClassifier(nn.Module):
             attention = scores.softmax(dim=1)
             pooled = (attention[..., None] * steps).sum(dim=1)
         return self.output.logits(self.dropout(pooled)), attention
+
+    def lm_logits(self, tokens: Tensor, lengths: Tensor) -> list[Tensor]:
+        """Per direction, ``(N, T, V)`` logits at every position: the forward direction's at
+        ``t`` (it has read ``w_0 ... w_t``) score ``w_{t+1}``, the backward's (read ``w_t ...
+        w_{length-1}``) score ``w_{t-1}``."""
+        if not self.config.lm_words:
+            raise ValueError("this classifier has no language-model heads (lm_words = 0)")
+        steps, _ = self.encoder(self.dropout(self.embed(tokens)), lengths=lengths)
+        halves = self.dropout(steps).split(self.config.hidden, dim=-1)
+        return [head.logits(half) for head, half in zip(self.lm_heads, halves)]
+
+    def lm_loss(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """Mean cross-entropy of the next word (forward direction) and, bidirectional, of the
+        previous word (backward direction), from valid positions to valid positions."""
+        logits = self.lm_logits(tokens, lengths)
+        valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
+        vocabulary = logits[0].shape[-1]
+        targets = tokens.masked_fill(tokens >= vocabulary, 1).masked_fill(~valid, -100)  # rare words -> <unk>
+        losses = [F.cross_entropy(logits[0][:, :-1].flatten(0, 1), targets[:, 1:].flatten())]
+        if len(logits) == 2:
+            previous = targets[:, :-1].masked_fill(~valid[:, 1:], -100)  # scored from a valid position only
+            losses.append(F.cross_entropy(logits[1][:, 1:].flatten(0, 1), previous.flatten()))
+        return torch.stack(losses).mean()
 
     def describe(self) -> dict[str, Any]:
         return asdict(self.config)
