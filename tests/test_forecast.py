@@ -396,9 +396,11 @@ def test_forecast_needs_future_covariates_without_nan(trained, tmp_path, capsys)
     assert "must be given for the 6 rows after the last observation" in capsys.readouterr().err
 
 
-def test_unknown_bundled_dataset_and_conflicting_sources(capsys):
+def test_conflicting_sources_and_a_lookback_shorter_than_a_lag(capsys):
     assert main(["train", "forecast", "--data", "x.csv", "--dataset", "taylor", "--steps", "1"]) == 2
     assert "give --data or --dataset, not both" in capsys.readouterr().err
+    assert main(["train", "forecast", "--dataset", "taylor", "--lookback", "100", "--steps", "1"]) == 2
+    assert "--lookback must be >= 1 and cover the largest seasonal lag (336), got 100" in capsys.readouterr().err
 
 
 # -- the targets on real data (slow) ----------------------------------------------------------------

@@ -186,8 +186,9 @@ def split_rows(rows: int, test_fraction: float, valid_fraction: float, needed: i
 def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -> tuple[ForecastTask, OffsetStreams]:
     series, chosen = resolve_data(args)
     horizon, lookback = chosen["horizon"], chosen["lookback"]
-    if lookback < 1:
-        raise ValueError(f"--lookback must be >= 1, got {lookback}")
+    largest_lag = max(chosen["lags"], default=1)
+    if lookback < largest_lag:
+        raise ValueError(f"--lookback must be >= 1 and cover the largest seasonal lag ({largest_lag}), got {lookback}")
     if args.calibration_window < 1:
         raise ValueError(f"--calibration-window must be >= 1, got {args.calibration_window}")
     valid_start, test_start = split_rows(len(series), args.test_fraction, args.valid_fraction, lookback + horizon)
