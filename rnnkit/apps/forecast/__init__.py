@@ -154,7 +154,7 @@ def resolve_data(args: argparse.Namespace) -> tuple[TimeSeries, dict[str, Any]]:
         spec = preset.spec
         changes = {
             "targets": overrides["target"], "time_col": overrides["time_col"], "freq": overrides["freq"],
-            "fill": overrides["fill"], "transform": overrides["transform"], **{k: v for k, v in roles.items()},
+            "fill": overrides["fill"], "transform": overrides["transform"], **roles,
         }  # fmt: skip
         spec = SeriesSpec(**{**asdict(spec), **{k: v for k, v in changes.items() if v is not None}})
         series = from_frame(preset.frame, spec, name)
