@@ -22,7 +22,7 @@ from rnnkit.train.distributed import DistContext
 NAME = "charlm"
 CELL_CHOICES = tuple(CELLS)
 #: This application's defaults for the shared training options (the CLI shows them).
-#: The full default run: about 50 minutes on 2 CPU cores of this project's machines.
+#: The full default run: about 58 minutes on 2 CPU cores of this project's machines (README).
 TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 3600, "batch_size": 64, "bptt_steps": 100, "lr": 2e-3, "clip_norm": 5.0,
     "schedule": "cosine", "warmup_steps": 100, "eval_every": 500, "checkpoint_every": 500,
