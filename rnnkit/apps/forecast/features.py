@@ -60,9 +60,6 @@ class Scaler:
         mean, std = getattr(self, f"{kind}_mean"), getattr(self, f"{kind}_std")
         return (values - np.asarray(mean)) / np.asarray(std)
 
-    def unscale_target(self, values: np.ndarray) -> np.ndarray:
-        return values * np.asarray(self.target_std) + np.asarray(self.target_mean)
-
     def to_json(self) -> dict[str, list[float]]:
         return asdict(self)
 

@@ -24,7 +24,7 @@ each (:class:`~rnnkit.apps.forecast.predictor.StreamingForecaster`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -152,8 +152,6 @@ class Forecaster(nn.Module):
         return self.head_forward(hidden, ahead, lagged, anchor), state
 
     def describe(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self.config)
 
 
