@@ -7,11 +7,13 @@ import pytest
 import torch
 
 import rnnkit
+from rnnkit.apps import sentiment
 from rnnkit.apps.sentiment.evaluation import classification_report, confusion
-from rnnkit.apps.sentiment.model import POOLINGS, Classifier, ClassifierConfig, SequenceClassifier
-from rnnkit.cli import main
+from rnnkit.apps.sentiment.model import POOLINGS, Classifier, ClassifierConfig, SequenceClassifier, language_model_head
+from rnnkit.cli import build_parser, main, train_config
 from rnnkit.data.parallel import pad_batch
 from rnnkit.data.reviews import WordVocab, movie_reviews, read_labelled_csv, split, tokenize
+from rnnkit.train import DistContext, PhasedBatches
 
 WORDS = ["good", "bad", "film", "a", "not", ".", "great", "dull"]
 
@@ -43,6 +45,12 @@ def test_movie_reviews_are_deduplicated_and_split():
     assert abs(sum(label for _, label in rt.train) / len(rt.train) - 0.5) < 0.02
     imdb = movie_reviews("imdb", seed=0)
     assert 24_800 <= len(imdb.train) + len(imdb.valid) + len(imdb.test) < 25_000  # 96 duplicates dropped
+
+
+def test_both_is_split_per_source_so_its_splits_are_the_unions_of_rt_and_imdb():
+    rt, imdb, both = (movie_reviews(name, seed=0) for name in ("rt", "imdb", "both"))
+    for name in ("train", "valid", "test"):
+        assert getattr(both, name) == getattr(rt, name) + getattr(imdb, name)
 
 
 def test_the_vocabulary_comes_from_the_training_split_only(tmp_path):
@@ -117,20 +125,28 @@ def test_the_bidirectional_language_model_reads_each_side_only():
     torch.manual_seed(0)
     config = ClassifierConfig(WORDS, ["negative", "positive"], "lstm", embedding=6, hidden=5, dropout=0.0, lm_words=6)
     model = SequenceClassifier(config).eval()
-    tokens = torch.tensor([[3, 4, 9, 5, 2, 7]])
-    lengths = torch.tensor([6])
-    forward, backward = model.lm_logits(tokens, lengths)
-    assert forward.shape == (1, 6, 6)  # the 6 most frequent ids (specials included)
+    tokens, lengths = pad_batch([[3, 4, 9, 5, 2, 7], [8, 3, 2]])
+    forward, backward = model.lm_log_probs(tokens, lengths)
+    assert forward.shape == (2, 6, 6)  # the 6 most frequent ids (specials included)
+    torch.testing.assert_close(forward.exp().sum(-1), torch.ones(2, 6))  # the adaptive softmax is a distribution
     changed = tokens.clone()
-    changed[0, 3] = 8  # w_3 changes: forward logits at t < 3 and backward ones at t > 3 do not
-    forward2, backward2 = model.lm_logits(changed, lengths)
-    torch.testing.assert_close(forward2[:, :3], forward[:, :3])
-    torch.testing.assert_close(backward2[:, 4:], backward[:, 4:])
-    assert not torch.allclose(forward2[:, 3], forward[:, 3]) and not torch.allclose(backward2[:, 3], backward[:, 3])
-    seen = tokens[0].masked_fill(tokens[0] >= 6, 1)  # ids past the LM's 6 words are scored as <unk> (1)
-    cross_entropy = torch.nn.functional.cross_entropy
-    by_hand = (cross_entropy(forward[0, :5], seen[1:]) + cross_entropy(backward[0, 1:], seen[:5])) / 2
+    changed[0, 3] = 8  # w_3 changes: forward scores at t < 3 and backward ones at t > 3 do not
+    forward2, backward2 = model.lm_log_probs(changed, lengths)
+    torch.testing.assert_close(forward2[:1, :3], forward[:1, :3])
+    torch.testing.assert_close(backward2[:1, 4:], backward[:1, 4:])
+    assert not torch.allclose(forward2[0, 3], forward[0, 3]) and not torch.allclose(backward2[0, 3], backward[0, 3])
+    seen = tokens.masked_fill(tokens >= 6, 1)  # ids past the LM's 6 words are scored as <unk> (1)
+    nll = torch.nn.functional.nll_loss
+    forward_terms = torch.cat([forward[0, :5], forward[1, :2]]), torch.cat([seen[0, 1:], seen[1, 1:3]])
+    backward_terms = torch.cat([backward[0, 1:], backward[1, 1:3]]), torch.cat([seen[0, :5], seen[1, :2]])
+    by_hand = (nll(*forward_terms) + nll(*backward_terms)) / 2  # padding neither scores nor is scored
     torch.testing.assert_close(model.lm_loss(tokens, lengths), by_hand)
+
+
+def test_the_language_model_softmax_is_adaptive_over_frequency_ranked_words():
+    head = language_model_head(64, 30_000)
+    assert head.cutoffs == [500, 2500, 10_000, 30_000]
+    assert language_model_head(8, 6).cutoffs == [3, 6]  # a tiny vocabulary still gets a valid split
 
 
 def test_pretraining_then_fine_tuning_in_one_run(trained, tmp_path):
@@ -146,6 +162,42 @@ def test_pretraining_then_fine_tuning_in_one_run(trained, tmp_path):
     assert "val_lm_loss" in evals[20] and "val_lm_loss" not in evals[60]
     classifier = rnnkit.load(tmp_path / "run")
     assert classifier.config.lm_words == 2000 and len(classifier.predict(["a fine film"])) == 1
+
+
+def test_pretraining_alone_keeps_the_best_language_model_and_init_starts_from_it(trained, tmp_path):
+    _, csv = trained
+    data = ["--data", str(csv), "--text-col", "sentence", "--label-col", "polarity"]
+    argv = ["train", "sentiment", *data, "--hidden", "16", "--embedding", "12", "--pretrain-steps", "30", "--steps", "30",
+            "--lr", "1e-2", "--eval-every", "10", "--out", str(tmp_path / "lm"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert all(set(r) == {"kind", "step", "val_lm_loss"} for r in evals), "pretraining alone never scores the classes"
+    best = min(evals, key=lambda r: r["val_lm_loss"])
+    assert json.loads((tmp_path / "lm" / "config.json").read_text())["weights_from_step"] == best["step"]
+
+    args = build_parser().parse_args(["train", "sentiment", *data, "--init", str(tmp_path / "lm"), "--hidden", "99",
+                                      "--pooling", "max", "--steps", "5"])  # fmt: skip
+    task, _ = sentiment.build(args, train_config(args, sentiment.TRAIN_DEFAULTS), DistContext())
+    pretrained = rnnkit.load(tmp_path / "lm").model
+    assert (task.model.config.hidden, task.model.config.pooling, task.model.config.words) == (16, "max", pretrained.config.words)
+    for name, tensor in pretrained.state_dict().items():
+        if name.split(".")[0] in ("embed", "encoder", "lm_heads"):
+            torch.testing.assert_close(task.model.state_dict()[name], tensor, rtol=0, atol=0)
+    assert task.metric == "val_error" and task.model.config.lm_words == pretrained.config.lm_words
+
+
+def test_pretraining_on_other_reviews_switches_to_the_labelled_texts_after_it(trained):
+    _, csv = trained
+    args = build_parser().parse_args(["train", "sentiment", "--dataset", "rt", "--pretrain-data", "both", "--pretrain-steps",
+                                      "3", "--steps", "5", "--batch-size", "4"])  # fmt: skip
+    task, source = sentiment.build(args, train_config(args, sentiment.TRAIN_DEFAULTS), DistContext())
+    both, rt = movie_reviews("both", seed=0), movie_reviews("rt", seed=0)
+    vocabulary = set(WordVocab.build([t for t, _ in both.train + rt.train], args.vocab_size).words())
+    assert set(task.model.config.words) == vocabulary  # training splits only, of both sources
+    assert isinstance(source, PhasedBatches) and source.first.examples is not source.then.examples
+    assert len(source.first.examples) > 20_000 and len(source.then.examples) < 7_000
+    assert len(task.lm_valid) == sentiment.LM_VALID
 
 
 def test_metrics_by_hand():
@@ -208,6 +260,8 @@ def test_cli_predict_explain_and_evaluate(trained, capsys, tmp_path):
         (["predict", "--model", "{m}"], "give texts, or --file"),
         (["train", "sentiment", "--data", "{csv}", "--text-col", "nope", "--steps", "1"], "no column 'nope'"),
         (["train", "sentiment", "--data", "{csv}", "--dataset", "rt", "--steps", "1"], "give --data or --dataset"),
+        (["train", "sentiment", "--pretrain-data", "rt", "--steps", "1"], "--pretrain-data needs --pretrain-steps"),
+        (["train", "sentiment", "--data", "{csv}", "--init", "{csv}", "--steps", "1"], "--init: model directory"),
     ],
 )
 def test_cli_bad_input_one_line(trained, capsys, argv, message):
@@ -216,6 +270,14 @@ def test_cli_bad_input_one_line(trained, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_probabilities_come_back_in_the_order_of_the_texts_batched_by_length():
+    classifier = Classifier(small_model())
+    texts = ["a good film , not dull at all", "bad", "great film", "a dull , bad , bad film", "good"]
+    together = classifier.probabilities(texts, batch_size=2)
+    alone = torch.cat([classifier.probabilities([text]) for text in texts])
+    torch.testing.assert_close(together, alone)
 
 
 def test_explain_needs_attention_pooling():

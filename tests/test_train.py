@@ -17,7 +17,16 @@ from torch.nn import functional as F
 from toy_training import ToyTask, build, corpus
 
 from rnnkit import LSTMState
-from rnnkit.train import Batch, CheckpointError, ShuffledBatches, StreamBatches, TrainConfig, Trainer, TrainingDiverged
+from rnnkit.train import (
+    Batch,
+    CheckpointError,
+    PhasedBatches,
+    ShuffledBatches,
+    StreamBatches,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+)
 from rnnkit.train import checkpoint as ckpt
 
 HERE = Path(__file__).parent
@@ -71,6 +80,42 @@ def test_data_sources_resume_exactly():
     assert torch.equal(next(b).data, seen[4]), "epoch 1, batch 1 is the 5th batch (3 per epoch)"
     assert sorted(torch.cat(seen[:3]).unique().tolist()) != [], "an epoch draws without replacement"
     assert len(set(torch.cat(seen[:3])[:, 0].tolist())) == 9
+
+
+def test_length_bucketing_pads_little_and_still_shuffles_every_example():
+    lengths = torch.randint(1, 400, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    examples = list(enumerate(lengths))  # (id, length)
+    collate = lambda items: (items, sum(n for _, n in items))  # noqa: E731
+
+    def epoch(source):
+        return [next(source).data for _ in range(100)]
+
+    def padding(batches):
+        return sum(max(n for _, n in b) * len(b) - sum(n for _, n in b) for b in batches)
+
+    plain = epoch(ShuffledBatches(examples, 10, collate, seed=1))
+    source = ShuffledBatches(examples, 10, collate, seed=1, length=lambda e: e[1], pool=20)
+    first, second = epoch(source), epoch(source)
+    assert sorted(i for b in first for i, _ in b) == list(range(1000)), "an epoch still draws every example once"
+    assert padding(first) < padding(plain) / 10
+    assert {tuple(b) for b in first} != {tuple(b) for b in second}, "the batches change every epoch"
+    resumed = ShuffledBatches(examples, 10, collate, seed=1, length=lambda e: e[1], pool=20)
+    resumed.load_state_dict({"epoch": 1, "index": 7})
+    assert next(resumed).data == second[7]
+
+
+def test_phased_batches_switch_source_after_the_first_phase_and_resume():
+    collate = lambda items: (items, len(items))  # noqa: E731
+    make = lambda: PhasedBatches(ShuffledBatches(list("abcdef"), 2, collate), 4, ShuffledBatches([1, 2, 3, 4], 2, collate))  # noqa: E731
+    phased = make()
+    drawn = [next(phased).data for _ in range(7)]
+    assert all(isinstance(x, str) for b in drawn[:4] for x in b) and all(isinstance(x, int) for b in drawn[4:] for x in b)
+    resumed = make()
+    reference = make()
+    for _ in range(3):
+        next(reference)
+    resumed.load_state_dict(reference.state_dict())
+    assert [next(resumed).data for _ in range(4)] == drawn[3:]
 
 
 def test_stream_too_short_is_a_clear_error():

@@ -7,7 +7,8 @@
 - **Any CSV** with a text column and a label column (integers or strings; any number of
   classes, named in sorted order).
 
-Splits are seeded 80/10/10 train/validation/test permutations. Words come from
+Splits are seeded 80/10/10 train/validation/test permutations, made per source (so ``both``'s
+training split is exactly rt's plus imdb's, and pretraining on one never sees the other's test). Words come from
 :func:`tokenize`; the vocabulary (:class:`WordVocab`) is built from the training split only.
 """
 
@@ -69,10 +70,12 @@ def movie_reviews(dataset: str, seed: int) -> LabelledTexts:
 
     if dataset not in DATASETS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
-    frame = pd.read_csv(movie_reviews_csv())
-    frame = frame[frame["source"].isin(SOURCES[dataset])].drop_duplicates(subset="text")
-    examples = list(zip(frame["text"].tolist(), frame["label"].astype(int).tolist()))
-    return LabelledTexts(*split(examples, seed), MOVIE_CLASSES)
+    frame = pd.read_csv(movie_reviews_csv()).drop_duplicates(subset="text")
+    parts = []
+    for source in SOURCES[dataset]:  # each source split alone: both's splits are the unions of rt's and imdb's
+        chosen = frame[frame["source"] == source]
+        parts.append(split(list(zip(chosen["text"].tolist(), chosen["label"].astype(int).tolist())), seed))
+    return LabelledTexts(*(sum((part[i] for part in parts), []) for i in range(3)), MOVIE_CLASSES)
 
 
 def read_labelled_csv(path: str | Path, text_col: str, label_col: str, seed: int) -> LabelledTexts:

@@ -2,7 +2,7 @@
 
 from rnnkit.train.checkpoint import CheckpointError
 from rnnkit.train.config import TrainConfig
-from rnnkit.train.data import Batch, OffsetStreams, ShuffledBatches, StreamBatches
+from rnnkit.train.data import Batch, OffsetStreams, PhasedBatches, ShuffledBatches, StreamBatches
 from rnnkit.train.distributed import DistContext, from_environment
 from rnnkit.train.trainer import Task, Trainer, TrainingDiverged, TrainResult
 
@@ -10,6 +10,7 @@ __all__ = [
     "Batch",
     "CheckpointError",
     "DistContext",
+    "PhasedBatches",
     "ShuffledBatches",
     "OffsetStreams",
     "StreamBatches",

@@ -100,6 +100,11 @@ class ShuffledBatches:
     ``collate(list_of_examples) -> (data, tokens)`` builds the batch (padding plus ``lengths``).
     The permutation of epoch ``e`` depends only on ``(seed, e)``; incomplete final batches are
     dropped so every step has the same batch size on every rank.
+
+    ``length(example)``, if given, buckets by length to waste less on padding (fastai's "sortish"
+    sampler): each pool of ``pool`` shuffled batches is sorted by length and cut into batches,
+    and the batches are then shuffled, so a batch holds similar lengths but its neighbours and
+    its members still change every epoch.
     """
 
     stateful = False
@@ -112,10 +117,14 @@ class ShuffledBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        length: Callable[[Any], int] | None = None,
+        pool: int = 50,
     ) -> None:
         if len(examples) < batch_size:
             raise ValueError(f"there are {len(examples)} training examples, fewer than one batch ({batch_size})")
         self.examples, self.batch_size, self.collate, self.seed = examples, batch_size, collate, seed
+        self.lengths = None if length is None else torch.tensor([length(e) for e in examples])
+        self.pool = pool
         self.share = _share(batch_size, rank, world_size)
         self.batches_per_epoch = len(examples) // batch_size
         self.epoch, self.index = 0, 0
@@ -123,7 +132,13 @@ class ShuffledBatches:
 
     def _permutation(self, epoch: int) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.examples), generator=generator)
+        order = torch.randperm(len(self.examples), generator=generator)
+        if self.lengths is None:
+            return order
+        size = self.pool * self.batch_size
+        pools = [chunk[self.lengths[chunk].argsort(stable=True)] for chunk in order.split(size)]
+        batches = torch.cat(pools)[: self.batches_per_epoch * self.batch_size].view(-1, self.batch_size)
+        return batches[torch.randperm(len(batches), generator=generator)].flatten()
 
     def __iter__(self) -> ShuffledBatches:
         return self
@@ -202,3 +217,29 @@ class OffsetStreams(_ChunkedStreams):
         steps = torch.arange(chunk * self.bptt_steps, (chunk + 1) * self.bptt_steps)
         positions = self._offsets()[:, None] + steps[None, :]  # this epoch's offsets
         return Batch(positions, positions.numel(), positions.shape[0], chunk == 0)
+
+
+class PhasedBatches:
+    """The first ``steps`` batches from ``first``, every later one from ``then``: e.g. language-
+    model pretraining on unlabelled texts, then fine-tuning on labelled ones, in one run."""
+
+    stateful = False
+
+    def __init__(self, first: Any, steps: int, then: Any) -> None:
+        self.first, self.steps, self.then = first, steps, then
+        self.drawn = 0
+
+    def __iter__(self) -> PhasedBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        self.drawn += 1
+        return next(self.first if self.drawn <= self.steps else self.then)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"drawn": self.drawn, "first": self.first.state_dict(), "then": self.then.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.drawn = int(state["drawn"])
+        self.first.load_state_dict(state["first"])
+        self.then.load_state_dict(state["then"])

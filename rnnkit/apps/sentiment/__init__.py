@@ -3,9 +3,12 @@
 Data (:mod:`rnnkit.data.reviews`): Rotten Tomatoes sentences (default, ``--dataset rt``), IMDB
 reviews, both, or any CSV (``--data FILE --text-col C --label-col L``); seeded 80/10/10 splits.
 Model: :class:`~rnnkit.apps.sentiment.model.SequenceClassifier`. Training: full BPTT over
-whole padded texts (with ``lengths``): the first ``--pretrain-steps`` train the encoder as a
-bidirectional language model on the training texts, the rest the classifier (cross-entropy);
-the weights of the best validation accuracy are kept.
+whole padded texts (with ``lengths``, batched by length): the first ``--pretrain-steps`` train
+the encoder as a bidirectional language model on the training texts (or on ``--pretrain-data``'s
+training split), the rest the classifier (cross-entropy); the weights of the best validation
+accuracy are kept (of the best validation LM loss, for a run that only pretrains). ``--init DIR``
+starts from such a model's vocabulary, embedding and encoder (ULMFiT: pretrain once, fine-tune
+many).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from rnnkit.apps.sentiment.evaluation import classification_report, plot_confusi
 from rnnkit.apps.sentiment.model import CELLS, POOLINGS, Classifier, ClassifierConfig, SequenceClassifier
 from rnnkit.data.parallel import pad_batch
 from rnnkit.data.reviews import DATASETS, LabelledTexts, WordVocab, movie_reviews, read_labelled_csv
-from rnnkit.train import ShuffledBatches, Task, TrainConfig
+from rnnkit.io import read_model_dir
+from rnnkit.train import CheckpointError, PhasedBatches, ShuffledBatches, Task, TrainConfig
 from rnnkit.train.distributed import DistContext
 
 NAME = "sentiment"
@@ -32,6 +36,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "eval_every": 100, "checkpoint_every": 500, "restore_best": True,
 }  # fmt: skip
 EVAL_BATCH = 128
+LM_VALID = 256  # held-out texts that measure the language model while it pretrains
 
 
 def collate(examples: list[tuple[list[int], int]]) -> tuple[tuple[Tensor, Tensor, Tensor], int]:
@@ -41,12 +46,19 @@ def collate(examples: list[tuple[list[int], int]]) -> tuple[tuple[Tensor, Tensor
 
 
 class SentimentTask(Task):
-    name = NAME
-    metric = "val_error"
+    """Cross-entropy of the class; for the first ``pretrain_steps`` steps the bidirectional
+    language-model loss instead (then validated on ``lm_valid``, the pretraining texts' own
+    held-out ones). A run that only pretrains selects its best weights by ``val_lm_loss``."""
 
-    def __init__(self, model: SequenceClassifier, valid: list[tuple[list[int], int]], pretrain_steps: int = 0) -> None:
-        self.model, self.valid, self.pretrain_steps = model, valid, pretrain_steps
+    name = NAME
+
+    def __init__(self, model: SequenceClassifier, valid: list[tuple[list[int], int]], pretrain_steps: int = 0,
+                 lm_valid: list[tuple[list[int], int]] | None = None, pretrain_only: bool = False) -> None:  # fmt: skip
+        self.model, self.pretrain_steps = model, pretrain_steps
+        self.valid = sorted(valid, key=lambda example: len(example[0]))  # batches of similar lengths pad little
+        self.lm_valid = sorted(valid[:LM_VALID] if lm_valid is None else lm_valid, key=lambda example: len(example[0]))
         self.partial_updates = pretrain_steps > 0  # the LM heads, then the classifier's, sit out
+        self.metric = "val_lm_loss" if pretrain_only else "val_error"
 
     def loss(self, model: nn.Module, data: Any, state: Any) -> tuple[Tensor, None]:
         tokens, lengths, labels = data
@@ -56,6 +68,13 @@ class SentimentTask(Task):
         return F.cross_entropy(logits, labels), None
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if self.step < self.pretrain_steps or self.metric == "val_lm_loss":
+            total, words = 0.0, 0
+            for start in range(0, len(self.lm_valid), EVAL_BATCH):
+                (tokens, lengths, _), _ = collate(self.lm_valid[start : start + EVAL_BATCH])
+                total += self.model.lm_loss(tokens, lengths).item() * int(lengths.sum())
+                words += int(lengths.sum())
+            return {"val_lm_loss": total / words}
         correct, total = 0, 0.0
         for start in range(0, len(self.valid), EVAL_BATCH):
             (tokens, lengths, labels), _ = collate(self.valid[start : start + EVAL_BATCH])
@@ -63,11 +82,7 @@ class SentimentTask(Task):
             total += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(dim=-1) == labels).sum())
         accuracy = correct / len(self.valid)
-        metrics = {"val_error": 1 - accuracy, "val_accuracy": accuracy, "val_loss": total / len(self.valid)}
-        if self.step < self.pretrain_steps:
-            (tokens, lengths, _), _ = collate(self.valid[:EVAL_BATCH])
-            metrics["val_lm_loss"] = self.model.lm_loss(tokens, lengths).item()
-        return metrics
+        return {"val_error": 1 - accuracy, "val_accuracy": accuracy, "val_loss": total / len(self.valid)}
 
     def describe(self) -> dict[str, Any]:
         return self.model.describe()
@@ -91,7 +106,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pretrain-steps", type=int, default=0,
         help="first steps train the encoder as a bidirectional language model on the training texts (default: 0)",
     )  # fmt: skip
-    group.add_argument("--lm-words", type=int, default=10_000, help="words the language model predicts (default: %(default)s)")
+    group.add_argument(
+        "--pretrain-data", choices=DATASETS,
+        help="pretrain on the training split of these bundled reviews instead of the task's own (e.g. both)",
+    )  # fmt: skip
+    group.add_argument("--lm-words", type=int, default=30_000, help="words the language model predicts (default: %(default)s)")
+    group.add_argument(
+        "--init", metavar="DIR",
+        help="start from a trained sentiment model's vocabulary, embedding and encoder (e.g. a pretrained one); "
+        "its sizes and cell replace --embedding, --hidden, --layers, --cell",
+    )  # fmt: skip
 
 
 def load_data(dataset: str | None, data: str | None, text_col: str, label_col: str, seed: int) -> LabelledTexts:
@@ -102,23 +126,60 @@ def load_data(dataset: str | None, data: str | None, text_col: str, label_col: s
     return movie_reviews(dataset or "rt", seed)
 
 
-def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -> tuple[SentimentTask, ShuffledBatches]:
+def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -> tuple[SentimentTask, Any]:
     if args.vocab_size < 3 or args.max_words < 1:
         raise ValueError("--vocab-size must be >= 3 and --max-words >= 1")
     if args.pretrain_steps < 0 or args.lm_words < 3:
         raise ValueError("--pretrain-steps must be >= 0 and --lm-words >= 3")
+    if args.pretrain_data and not args.pretrain_steps:
+        raise ValueError("--pretrain-data needs --pretrain-steps N (N > 0)")
+    init = _read_init(args.init) if args.init else None
     data = load_data(args.dataset, args.data, args.text_col, args.label_col, config.seed)
-    vocab = WordVocab.build((text for text, _ in data.train), args.vocab_size)
+    lm_data = movie_reviews(args.pretrain_data, config.seed) if args.pretrain_data else data
     described = {"dataset": None if args.data else (args.dataset or "rt"), "data": args.data, "text_col": args.text_col,
                  "label_col": args.label_col, "seed": config.seed}  # fmt: skip
+    if init is not None:
+        vocab = WordVocab(init[0]["words"])
+    else:  # from training splits only: the task's, and the pretraining texts'
+        texts = [text for text, _ in data.train] + ([text for text, _ in lm_data.train] if args.pretrain_data else [])
+        vocab = WordVocab.build(texts, args.vocab_size)
+    sizes = dict(cell=args.cell, embedding=args.embedding, hidden=args.hidden, layers=args.layers,
+                 bidirectional=not args.unidirectional, lm_words=args.lm_words if args.pretrain_steps else 0)  # fmt: skip
+    if init is not None:
+        sizes.update({key: init[0][key] for key in sizes if key != "lm_words"})
+        sizes["lm_words"] = init[0]["lm_words"] or sizes["lm_words"]  # keep its language model, if it has one
     model = SequenceClassifier(ClassifierConfig(
-        vocab.words(), data.classes, args.cell, args.embedding, args.hidden, args.layers, not args.unidirectional,
-        args.pooling, args.dropout, args.lm_words if args.pretrain_steps else 0, described,
+        vocab.words(), data.classes, pooling=args.pooling, dropout=args.dropout, data=described, **sizes,
     ))  # fmt: skip
-    train = [(ids[: args.max_words], label) for ids, label in _encode(vocab, data.train)]
-    return SentimentTask(model, _encode(vocab, data.valid), args.pretrain_steps), ShuffledBatches(
-        train, config.batch_size, collate, config.seed, context.rank, context.world_size
-    )
+    if init is not None:
+        model.load_state_dict(init[1], strict=False)  # the classifier's own layers start afresh
+
+    def encoded(examples: list[tuple[str, int]]) -> list[tuple[list[int], int]]:
+        return [(ids[: args.max_words], label) for ids, label in _encode(vocab, examples)]
+
+    def batches(examples: list[tuple[list[int], int]]) -> ShuffledBatches:
+        return ShuffledBatches(examples, config.batch_size, collate, config.seed, context.rank, context.world_size,
+                               length=lambda example: len(example[0]))  # fmt: skip
+
+    source: Any = batches(encoded(data.train))
+    if args.pretrain_data:
+        source = PhasedBatches(batches(encoded(lm_data.train)), args.pretrain_steps, source)
+    lm_valid = _encode(vocab, lm_data.valid)  # a fixed sample of LM_VALID texts
+    lm_valid = [lm_valid[i] for i in torch.randperm(len(lm_valid), generator=torch.Generator().manual_seed(0))[:LM_VALID]]
+    pretrain_only = config.steps is not None and args.pretrain_steps >= config.steps
+    return SentimentTask(model, _encode(vocab, data.valid), args.pretrain_steps, lm_valid, pretrain_only), source
+
+
+def _read_init(directory: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The model config and the embedding, encoder and LM-head weights of a sentiment model."""
+    try:
+        config, weights = read_model_dir(Path(directory))
+    except CheckpointError as error:
+        raise ValueError(f"--init: {error}") from None
+    if config.get("app") != NAME:
+        raise ValueError(f"--init: {directory} holds a {config.get('app')} model, not a sentiment one")
+    kept = {k: v for k, v in weights.items() if k.split(".")[0] in ("embed", "encoder", "lm_heads")}
+    return config["model"], kept
 
 
 def _encode(vocab: WordVocab, examples: list[tuple[str, int]]) -> list[tuple[list[int], int]]:
