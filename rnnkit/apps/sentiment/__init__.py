@@ -164,10 +164,13 @@ def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -
     source: Any = batches(encoded(data.train))
     if args.pretrain_data:
         source = PhasedBatches(batches(encoded(lm_data.train)), args.pretrain_steps, source)
-    lm_valid = _encode(vocab, lm_data.valid)  # a fixed sample of LM_VALID texts
-    lm_valid = [lm_valid[i] for i in torch.randperm(len(lm_valid), generator=torch.Generator().manual_seed(0))[:LM_VALID]]
+    valid, lm_valid = _encode(vocab, data.valid), None
+    if args.pretrain_steps:  # the language model is measured on a fixed sample of LM_VALID held-out texts
+        held_out = valid if lm_data is data else _encode(vocab, lm_data.valid)
+        sample = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))[:LM_VALID]
+        lm_valid = [held_out[i] for i in sample]
     pretrain_only = config.steps is not None and args.pretrain_steps >= config.steps
-    return SentimentTask(model, _encode(vocab, data.valid), args.pretrain_steps, lm_valid, pretrain_only), source
+    return SentimentTask(model, valid, args.pretrain_steps, lm_valid, pretrain_only), source
 
 
 def _read_init(directory: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
