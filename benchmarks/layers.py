@@ -1,5 +1,6 @@
 """rnnkit vs torch.nn, side by side in one process: a training step (forward + backward) of one
-layer for RNN, LSTM and GRU on four configurations, and single-step inference.
+layer for RNN, LSTM and GRU on four configurations; single-step inference of each cell; and the
+char-LM's generation loop.
 
 Timings are interleaved (rnnkit, torch, rnnkit, torch, ...) and the median of the repeats is
 reported; 2 threads. Writes JSON and prints a table of ratios (torch time / rnnkit time: > 1
@@ -58,26 +59,55 @@ def compare(ours, theirs, run, repeats: int, warmup: int = 2) -> dict[str, float
     return {"rnnkit_ms": 1e3 * a, "torch_ms": 1e3 * b, "speedup": b / a}
 
 
-def gemm_peak(repeats: int = 10) -> float:
-    """fp32 GFLOP/s of a large square GEMM, measured here: the roofline for the big config."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def gemm_peak(repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a large square GEMM, measured here: fp32's is the roofline for the big config;
+    bf16's says whether bf16 (AMX) could speed training up on this CPU."""
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     best = min(timed(torch.mm, a, b) for _ in range(repeats))
     return 2 * 2048**3 / best / 1e9
 
 
-def step_inference(repeats: int) -> dict[str, float]:
-    """One LSTM step at B=1, H=128: rnnkit.LSTMCell vs nn.LSTMCell (the generation loop)."""
-    theirs = nn.LSTMCell(128, 128)
-    ours = rnnkit.LSTMCell.from_torch(theirs)
-    x, state = torch.randn(1, 128), (torch.zeros(1, 128), torch.zeros(1, 128))
+STEP_CELLS = {"LSTM": (rnnkit.LSTMCell, nn.LSTMCell), "GRU": (rnnkit.GRUCell, nn.GRUCell), "RNN": (rnnkit.RNNCell, nn.RNNCell)}
 
-    def run(cell):
-        with torch.no_grad():
-            for _ in range(100):
-                cell(x, state)
 
-    result = compare(ours, theirs, run, repeats)
-    return {k: v / 100 if k.endswith("_ms") else v for k, v in result.items()}
+def step_inference(repeats: int) -> dict[str, dict[str, float]]:
+    """One step at B=1, I=H=128 of each cell against torch.nn's, gradients off (the generation
+    loop); times are per step, in ms."""
+    results = {}
+    for name, (ours_type, theirs_type) in STEP_CELLS.items():
+        theirs = theirs_type(128, 128)
+        ours = ours_type.from_torch(theirs)  # GRU: torch's reset-after form
+        x, h = torch.randn(1, 128), torch.zeros(1, 128)
+        state = (h, h.clone()) if name == "LSTM" else h
+
+        def run(cell, state=state, x=x):
+            with torch.no_grad():
+                for _ in range(100):
+                    cell(x, state)
+
+        result = compare(ours, theirs, run, repeats)
+        run(ours)
+        results[name] = {**{k: v / 100 if k.endswith("_ms") else v for k, v in result.items()}, "backend": rnnkit.last_backend()}
+    return results
+
+
+def generation(repeats: int, chars: int = 200) -> dict[str, float]:
+    """The autoregressive loop of text generation: the default char-LM's shape (embedding 64,
+    2-layer LSTM, hidden 512), one character at a time; rnnkit layers vs torch.nn.LSTM with the
+    same weights. Times are per character, in ms."""
+    from rnnkit.apps.charlm.model import CharLM, CharLMConfig, LanguageModel
+    from rnnkit.data.text import CharVocab
+
+    vocab = CharVocab(list("\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
+    model = CharLM(CharLMConfig(len(vocab), "lstm", 64, 512, 2, 0.0))
+    ours = LanguageModel(model, vocab)
+    twin = CharLM(model.config)
+    twin.load_state_dict(model.state_dict())
+    twin.rnn = twin.rnn.to_torch()
+    theirs = LanguageModel(twin, vocab)
+    result = compare(ours, theirs, lambda lm: lm.generate("ROMEO:", chars, seed=0), max(3, repeats // 3))
+    ours.generate("ROMEO:", 1, seed=0)
+    return {**{k: v / chars if k.endswith("_ms") else v for k, v in result.items()}, "backend": rnnkit.last_backend()}
 
 
 def main() -> None:
@@ -89,6 +119,7 @@ def main() -> None:
     torch.manual_seed(0)
     results = {"torch": torch.__version__, "machine": platform.processor() or platform.machine(), "threads": 2, "train": {}}
     results["gemm_peak_gflops"] = gemm_peak()
+    results["bf16_gemm_peak_gflops"] = gemm_peak(dtype=torch.bfloat16)
     for config, (batch, steps, inputs, hidden) in CONFIGS.items():
         x = torch.randn(steps, batch, inputs)
         for cell, (make_ours, make_theirs) in CELLS.items():
@@ -102,11 +133,15 @@ def main() -> None:
             results["train"][f"{cell}/{config}"] = result
             print(f"{cell:4s} {config:9s} rnnkit {result['rnnkit_ms']:8.2f} ms  torch {result['torch_ms']:8.2f} ms  "
                   f"speedup {result['speedup']:5.2f}x  ({result['rnnkit_gflops']:.0f} GFLOP/s)", flush=True)  # fmt: skip
-    results["step_inference_lstm_b1_h128"] = step_inference(args.repeats)
-    s = results["step_inference_lstm_b1_h128"]
-    ours_us, torch_us = s["rnnkit_ms"] * 1e3, s["torch_ms"] * 1e3
-    print(f"LSTM single step B=1 H=128: rnnkit {ours_us:.1f} us  torch {torch_us:.1f} us  speedup {s['speedup']:.2f}x")
-    print(f"fp32 GEMM peak here: {results['gemm_peak_gflops']:.0f} GFLOP/s")
+    results["step_inference_b1_h128"] = step_inference(args.repeats)
+    for cell, s in results["step_inference_b1_h128"].items():
+        ours_us, torch_us = s["rnnkit_ms"] * 1e3, s["torch_ms"] * 1e3
+        print(f"{cell:4s} single step B=1 H=128: rnnkit {ours_us:6.1f} us  torch {torch_us:6.1f} us  "
+              f"speedup {s['speedup']:5.2f}x  ({s['backend']})")  # fmt: skip
+    results["generation_charlm_h512"] = g = generation(args.repeats)
+    print(f"char-LM generation (2x512 LSTM), per character: rnnkit {g['rnnkit_ms'] * 1e3:.0f} us  "
+          f"torch {g['torch_ms'] * 1e3:.0f} us  speedup {g['speedup']:.2f}x  ({g['backend']})")  # fmt: skip
+    print(f"GEMM peak here: fp32 {results['gemm_peak_gflops']:.0f} GFLOP/s, bf16 {results['bf16_gemm_peak_gflops']:.0f} GFLOP/s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")

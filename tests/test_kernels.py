@@ -1,6 +1,7 @@
 """The fused native kernel against the reference: forward, final states and every gradient
 (fp64 to 1e-10), for every cell, variant and direction, with and without lengths, bias and
-initial state; gradcheck; and the fallback when no compiler is available."""
+initial state; gradcheck; the single-step inference path; and the fallback when no compiler is
+available."""
 
 import itertools
 import os
@@ -11,9 +12,10 @@ import textwrap
 import pytest
 import torch
 
-from rnnkit import GRU, LSTM, RNN
+import rnnkit
+from rnnkit import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from rnnkit.cells import GRURecurrence, LSTMRecurrence, LSTMState, RNNRecurrence, Weights
-from rnnkit.kernels import native, reference, use_backend
+from rnnkit.kernels import STEP_MAX_BATCH, native, reference, use_backend
 
 T, B, I, H = 7, 5, 3, 4
 RECURRENCES = {
@@ -120,8 +122,6 @@ def test_without_a_compiler_the_reference_runs_with_one_warning(tmp_path):
 
 
 def test_layers_dispatch_to_native_on_cpu():
-    import rnnkit
-
     for layer in (RNN(I, H), LSTM(I, H), GRU(I, H), GRU(I, H, reset_after=True)):
         layer(torch.randn(T, B, I))
         assert rnnkit.last_backend() == "native"
@@ -133,3 +133,88 @@ def test_layers_dispatch_to_native_on_cpu():
     with pytest.raises(ValueError, match="backend must be one of"):
         with use_backend("cudnn"):
             pass
+
+
+CELLS = {
+    "rnn-tanh": lambda **kw: RNNCell(I, H, **kw),
+    "rnn-relu": lambda **kw: RNNCell(I, H, nonlinearity="relu", **kw),
+    "lstm": lambda **kw: LSTMCell(I, H, **kw),
+    "gru-reset-before": lambda **kw: GRUCell(I, H, **kw),
+    "gru-reset-after": lambda **kw: GRUCell(I, H, reset_after=True, **kw),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("batch", [1, STEP_MAX_BATCH, None], ids=["b1", "bmax", "unbatched"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("name", CELLS)
+def test_single_step_equals_reference(name, bias, batch, dtype):
+    """With gradients off, a cell call over few sequences runs the native single step; it
+    equals the reference equations, state included (fp64 to 1e-10)."""
+    cell = CELLS[name](bias=bias, dtype=dtype)
+    shape = (I,) if batch is None else (batch, I)
+    x = torch.randn(shape, dtype=dtype)
+    state_shape = (H,) if batch is None else (batch, H)
+    state = torch.randn(state_shape, dtype=dtype)
+    if name == "lstm":
+        state = (state, torch.randn(state_shape, dtype=dtype))
+    with torch.no_grad():
+        h_fast, state_fast = cell(x, state)
+        assert rnnkit.last_backend() == "native-step"
+        with use_backend("reference"):
+            h_slow, state_slow = cell(x, state)
+        assert rnnkit.last_backend() == "reference"
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
+    torch.testing.assert_close(h_fast, h_slow, **tol)
+    for fast, slow in zip(*(s if isinstance(s, tuple) else (s,) for s in (state_fast, state_slow))):
+        torch.testing.assert_close(fast, slow, **tol)
+    assert h_fast.shape == state_shape
+
+
+def test_single_step_only_without_autograd_and_for_few_sequences():
+    cell = LSTMCell(I, H)
+    x = torch.randn(2, I)
+    h, _ = cell(x)
+    assert rnnkit.last_backend() == "reference" and h.requires_grad, "training keeps autograd"
+    with torch.no_grad():
+        cell(torch.randn(STEP_MAX_BATCH + 1, I))
+        assert rnnkit.last_backend() == "reference", "a large batch amortises a GEMM: no single step"
+        cell(x)
+        assert rnnkit.last_backend() == "native-step"
+    with torch.inference_mode():
+        cell(x)
+        assert rnnkit.last_backend() == "native-step"
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru-reset-before", "rnn-relu"])
+def test_one_step_sequences_take_the_single_step_in_inference(name):
+    """The generation loop feeds one step at a time through multi-layer, bidirectional layers."""
+    make = {"lstm": LSTM, "gru-reset-before": GRU, "rnn-relu": lambda *a, **k: RNN(*a, nonlinearity="relu", **k)}[name]
+    layer = make(I, H, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
+    x = torch.randn(3, 1, I, dtype=torch.float64)
+    hx = layer(torch.randn(3, 4, I, dtype=torch.float64))[1]  # a state from a longer sequence
+    with torch.no_grad():
+        fast, fast_state = layer(x, hx)
+        assert rnnkit.last_backend() == "native-step"
+        with use_backend("reference"):
+            slow, slow_state = layer(x, hx)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-10)
+    for a, b in zip(*(s if isinstance(s, tuple) else (s,) for s in (fast_state, slow_state))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    layer(x, hx)
+    assert rnnkit.last_backend() == "native", "with autograd, the sequence kernel"
+
+
+def test_autocast_bf16_runs_the_input_projection_in_bf16_and_the_recurrence_in_fp32():
+    """Mixed precision: under CPU autocast the big input GEMM is bf16; state, outputs and the
+    recurrent weights' gradients stay float32, close to the float32 run (bf16's 8-bit mantissa)."""
+    layer = LSTM(16, 32, num_layers=2)
+    x = torch.randn(20, 4, 16)
+    exact, _ = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, (h_n, c_n) = layer(x)
+        assert rnnkit.last_backend() == "native"
+    assert mixed.dtype == h_n.dtype == c_n.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, rtol=0, atol=3e-2)
+    mixed.sum().backward()
+    assert layer.weight_hh_l0.grad.dtype == torch.float32 and torch.isfinite(layer.weight_ih_l0.grad).all()

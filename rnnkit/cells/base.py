@@ -20,7 +20,6 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 #: A cell's recurrent state: a tensor ``(N, H)`` (RNN, GRU) or an ``LSTMState(h, c)``.
 State = Any
@@ -191,6 +190,7 @@ class Cell(nn.Module):
         init_weights_(self.weights, self.recurrence, self.init)
 
     def forward(self, x: Tensor, state: State = None) -> tuple[Tensor, State]:
+        from rnnkit import kernels
         from rnnkit.validation import check_cell_input
 
         unbatched = check_cell_input(self, x, state)
@@ -199,8 +199,9 @@ class Cell(nn.Module):
             state = None if state is None else map_state(lambda t: t.unsqueeze(0), state)
         if state is None:
             state = self.recurrence.zero_state(x.shape[0], dtype=x.dtype, device=x.device)
-        gx = F.linear(x, self.weight_ih, self.bias_ih)
-        h, state = self.recurrence.step(gx, state, self.weight_hh, self.bias_hh)
+        else:
+            state = self.recurrence.as_state(state)
+        h, state = kernels.step(self.recurrence, self.weights, x, state)
         if unbatched:
             h, state = h.squeeze(0), map_state(lambda t: t.squeeze(0), state)
         return h, state

@@ -2,11 +2,16 @@
 
 - ``"native"``: the fused C++ kernel (:mod:`rnnkit.kernels.native`), used on CPU for float32
   and float64 when it builds (it is compiled on first use and cached);
+- ``"native-step"``: the same kernel's single step (``step`` in ``csrc/recurrence.cpp``),
+  for inference: with gradients off, a cell call or a one-step sequence of at most
+  :data:`STEP_MAX_BATCH` sequences runs both products and the gate pass in one call (text
+  generation, streaming forecasts);
 - ``"reference"``: autograd over the cell equations (:mod:`rnnkit.kernels.reference`), the
   oracle every backend is tested against, and the fallback everywhere else (CUDA included).
 
-The driver calls :func:`select` once per forward; :func:`last_backend` says which one ran.
-``RNNKIT_BACKEND=reference|native`` or :func:`use_backend` forces a choice.
+The driver calls :func:`select` once per forward and a cell calls :func:`step`;
+:func:`last_backend` says which one ran. ``RNNKIT_BACKEND=reference|native`` or
+:func:`use_backend` forces a choice (``native`` covers the single-step path too).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.cells.base import Recurrence
+from rnnkit.cells.base import Recurrence, State, Weights
 from rnnkit.kernels import native, reference
 
 BACKENDS = ("auto", "native", "reference")
+#: The single-step path serves up to this many sequences; larger batches amortise a GEMM's
+#: dispatch, and the native sequence kernel (or the reference) serves them better.
+STEP_MAX_BATCH = 8
 _forced = os.environ.get("RNNKIT_BACKEND", "auto")
 _last_backend = "none"
 
@@ -40,22 +48,48 @@ def use_backend(name: str) -> Iterator[None]:
         _forced = previous
 
 
-def select(recurrence: Recurrence, x: Tensor) -> tuple[str, Callable[..., Any]]:
-    """Choose the backend for a call: ``(name, run_direction)``."""
-    global _last_backend
+def _use_native(recurrence: Recurrence, x: Tensor) -> bool:
     if _forced not in BACKENDS:
         raise ValueError(f"RNNKIT_BACKEND must be one of {', '.join(BACKENDS)}, got {_forced!r}")
     fits_native = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and native.kind_of(recurrence) is not None
     if _forced == "native" and not (fits_native and native.available()):
         raise ValueError("the native backend was requested but cannot run here (CPU float32/float64 and a built kernel needed)")
-    use_native = _forced != "reference" and fits_native and native.available()
-    _last_backend = "native" if use_native else "reference"
-    return _last_backend, native.run_direction if use_native else reference.run_direction
+    return _forced != "reference" and fits_native and native.available()
+
+
+def _single_step(x: Tensor) -> bool:
+    """A step without autograd, over few sequences: the latency-bound inference case."""
+    return not torch.is_grad_enabled() and x.shape[-2] <= STEP_MAX_BATCH
+
+
+def select(recurrence: Recurrence, x: Tensor) -> tuple[str, Callable[..., Any]]:
+    """Choose the backend for a sequence ``x (T, N, I)``: ``(name, run_direction)``."""
+    global _last_backend
+    if not _use_native(recurrence, x):
+        _last_backend = "reference"
+        return _last_backend, reference.run_direction
+    if x.shape[0] == 1 and _single_step(x):
+        _last_backend = "native-step"
+        return _last_backend, native.run_step_direction
+    _last_backend = "native"
+    return _last_backend, native.run_direction
+
+
+def step(recurrence: Recurrence, weights: Weights, x: Tensor, state: State) -> tuple[Tensor, State]:
+    """One step of a cell, ``x (N, I)`` -> ``(h_t (N, H), new_state)``, by the native single
+    step when it applies (see :data:`STEP_MAX_BATCH`), else by the reference equations."""
+    global _last_backend
+    if _single_step(x) and _use_native(recurrence, x):
+        _last_backend = "native-step"
+        return native.run_step(recurrence, weights, x, state)
+    _last_backend = "reference"
+    return reference.step(recurrence, weights, x, state)
 
 
 def last_backend() -> str:
-    """Name of the backend that ran the most recent sequence forward (``"none"`` before any)."""
+    """The backend of the most recent sequence forward or cell step: ``"native"``,
+    ``"native-step"`` or ``"reference"`` (``"none"`` before any)."""
     return _last_backend
 
 
-__all__ = ["last_backend", "native", "reference", "select", "use_backend"]
+__all__ = ["STEP_MAX_BATCH", "last_backend", "native", "reference", "select", "step", "use_backend"]

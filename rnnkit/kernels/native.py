@@ -126,11 +126,32 @@ class _Recurrence(torch.autograd.Function):
         return None, None, None, d_gx, dh0, dc0 if ctx.lstm else None, dw, db if ctx.has_bias else None
 
 
+def run_step(recurrence: Recurrence, weights: Weights, x: Tensor, state: State) -> tuple[Tensor, State]:
+    """Same contract as :func:`rnnkit.kernels.reference.step`, without autograd: one kernel
+    call does both products and the gate pass (the inference loop's latency path)."""
+    kind = kind_of(recurrence)
+    h, c = (state.h, state.c) if kind == LSTM else (state, _EMPTY)
+    b_ih = _EMPTY if weights.bias_ih is None else weights.bias_ih
+    b_hh = _EMPTY if weights.bias_hh is None else weights.bias_hh
+    h, c = extension().step(kind, x, h, c, weights.weight_ih, b_ih, weights.weight_hh, b_hh)
+    return h, (LSTMState(h, c) if kind == LSTM else h)
+
+
+def run_step_direction(
+    recurrence: Recurrence, weights: Weights, x: Tensor, state: State, mask: Tensor | None, reverse: bool
+) -> tuple[Tensor, State]:
+    """:func:`run_direction` for a sequence of one step (``x (1, N, I)``, no mask) without autograd."""
+    h, state = run_step(recurrence, weights, x[0], state)
+    return h.unsqueeze(0), state
+
+
 def run_direction(
     recurrence: Recurrence, weights: Weights, x: Tensor, state: State, mask: Tensor | None, reverse: bool
 ) -> tuple[Tensor, State]:
     """Same contract as :func:`rnnkit.kernels.reference.run_direction`, one fused kernel call."""
     gx = F.linear(x, weights.weight_ih, weights.bias_ih)  # all time steps in one GEMM
+    # under torch.autocast that GEMM runs in bf16; the recurrence and its state stay in the weights' dtype
+    gx = gx.to(weights.weight_hh.dtype)
     kind = kind_of(recurrence)
     h0, c0 = (state.h, state.c) if kind == LSTM else (state, _EMPTY)
     valid = _EMPTY if mask is None else mask.squeeze(-1).to(torch.uint8)

@@ -22,6 +22,13 @@ from rnnkit.cells.base import Recurrence, State, Weights, map_state
 probe: Callable[[], Callable[[int, Tensor, State], tuple[Tensor, State]]] | None = None
 
 
+def step(recurrence: Recurrence, weights: Weights, x: Tensor, state: State) -> tuple[Tensor, State]:
+    """One step of a cell: ``gx = W_ih x_t + b_ih``, then the recurrence's equations.
+    ``x (N, I)``, ``state`` of batch ``N`` -> ``(h_t (N, H), new_state)``."""
+    gx = F.linear(x, weights.weight_ih, weights.bias_ih)
+    return recurrence.step(gx, state, weights.weight_hh, weights.bias_hh)
+
+
 def run_direction(
     recurrence: Recurrence,
     weights: Weights,

@@ -6,6 +6,8 @@
 //   forward : one recurrent GEMM (two for the textbook GRU) + one fused pass over the gates
 //   backward: one fused pass over the gate gradients + one GEMM (two for the textbook GRU)
 // and after the backward loop dW_hh and db_hh as one large GEMM and one reduction.
+// For inference, `step` runs one time step of a cell for a few sequences: both products as dot
+// products over contiguous weight rows, then the same gate pass (no autograd, no GEMM dispatch).
 // The equations are those of rnnkit/cells/*.py (the reference); see rnnkit/kernels/native.py.
 //
 // Layouts (contiguous): gx (T, B, G*H), gate rows in torch's order (LSTM i,f,g,o; GRU r,z,n);
@@ -400,9 +402,88 @@ std::vector<at::Tensor> backward(int64_t kind, at::Tensor dy, at::Tensor dh_n, a
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// one step, for inference (no autograd): the generation and streaming loop
+// ---------------------------------------------------------------------------------------------
+// out[b, r] = bias[r] + sum_k w[r, k] in[b, k] for R weight rows of length K (contiguous) and B
+// input rows: dot products over contiguous weight rows. The caller keeps B small (a few
+// sequences), where a GEMM's dispatch and threading cost more than the arithmetic.
+template <typename T>
+void project(T* __restrict out, int64_t out_stride, const T* __restrict in, int64_t in_stride, int64_t B,
+             const T* __restrict w, int64_t R, int64_t K, const T* __restrict bias) {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* xb = in + b * in_stride;
+    for (int64_t r = 0; r < R; ++r) {
+      const T* wr = w + r * K;
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t k = 0; k < K; ++k) sum += wr[k] * xb[k];
+      out[b * out_stride + r] = bias ? bias[r] + sum : sum;
+    }
+  }
+}
+
+// x (B, I), h0, c0 (B, H) -> {h_1, c_1} (c_1 empty but for the LSTM): the same gate passes as
+// forward_impl, with gx = W_ih x + b_ih and the recurrent product done here too.
+template <typename T>
+std::vector<at::Tensor> step_impl(int64_t kind, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                                  const at::Tensor& w_ih, const at::Tensor& b_ih, const at::Tensor& w_hh,
+                                  const at::Tensor& b_hh) {
+  const int64_t B = x.size(0), I = x.size(1), H = h0.size(1), GH = gate_count(kind) * H;
+  auto opts = x.options();
+  at::Tensor gx = at::empty({B, GH}, opts), gh = at::empty({B, GH}, opts), out = at::empty({B, H}, opts);
+  at::Tensor h = h0.clone(), c = kind == LSTM ? c0.clone() : at::empty({0}, opts);
+  const at::Tensor bias_or_zero = b_hh.numel() ? b_hh : at::zeros({GH}, opts);
+  const T* bias = bias_or_zero.data_ptr<T>();
+  T *g = gh.data_ptr<T>(), *xg = gx.data_ptr<T>(), *hp = h.data_ptr<T>(), *op = out.data_ptr<T>();
+  const T* w = w_hh.data_ptr<T>();
+  project<T>(xg, GH, x.data_ptr<T>(), I, B, w_ih.data_ptr<T>(), GH, I, b_ih.numel() ? b_ih.data_ptr<T>() : nullptr);
+  if (kind == LSTM || kind == RNN_TANH || kind == RNN_RELU) {
+    project<T>(g, GH, hp, H, B, w, GH, H, nullptr);  // a = W_hh h; the gate pass adds gx and b_hh
+    for (int64_t b = 0; b < B; ++b) {
+      if (kind == LSTM) lstm_row(g + b * GH, xg + b * GH, bias, c.data_ptr<T>() + b * H, hp + b * H, op + b * H, H);
+      else rnn_row(g + b * H, xg + b * H, bias, hp + b * H, op + b * H, H, kind == RNN_RELU);
+    }
+    return {h, c};
+  }
+  at::Tensor a = at::empty({B, GH}, opts);
+  T* ap = a.data_ptr<T>();
+  project<T>(g, GH, hp, H, B, w, kind == GRU_AFTER ? GH : 2 * H, H, nullptr);  // W_hh h (before: r and z rows)
+  for (int64_t b = 0; b < B; ++b) {
+    gru_gates_row(xg + b * GH, g + b * GH, bias, ap + b * GH, hp + b * H, static_cast<T*>(nullptr), H, kind == GRU_AFTER);
+  }
+  if (kind == GRU_BEFORE) {
+    project<T>(g + 2 * H, GH, ap + 2 * H, GH, B, w + 2 * H * H, H, H, nullptr);  // W_hn (r ⊙ h)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < H; ++j) {
+        const int64_t n = b * GH + 2 * H + j;
+        ap[n] = tanh_fn(xg[n] + g[n] + bias[2 * H + j]);
+      }
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) gru_update_row(ap + b * GH, hp + b * H, op + b * H, H);
+  return {h, c};
+}
+
+std::vector<at::Tensor> step(int64_t kind, at::Tensor x, at::Tensor h0, at::Tensor c0, at::Tensor w_ih, at::Tensor b_ih,
+                             at::Tensor w_hh, at::Tensor b_hh) {
+  FlushDenormals flush;
+  at::NoGradGuard no_grad;
+  x = x.contiguous(), h0 = h0.contiguous(), w_ih = w_ih.contiguous(), w_hh = w_hh.contiguous();
+  if (c0.numel()) c0 = c0.contiguous();
+  if (b_ih.numel()) b_ih = b_ih.contiguous();
+  if (b_hh.numel()) b_hh = b_hh.contiguous();
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_step", [&] {
+    out = step_impl<scalar_t>(kind, x, h0, c0, w_ih, b_ih, w_hh, b_hh);
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "whole-sequence recurrence forward (one layer, one direction)");
   m.def("backward", &backward, "whole-sequence BPTT backward (one layer, one direction)");
+  m.def("step", &step, "one step of a cell, for inference (no autograd)");
 }
