@@ -187,6 +187,25 @@ def test_pretraining_alone_keeps_the_best_language_model_and_init_starts_from_it
     assert task.metric == "val_error" and task.model.config.lm_words == pretrained.config.lm_words
 
 
+def test_encoder_lr_scale_fine_tunes_the_encoder_slower_and_zero_freezes_it(trained, tmp_path):
+    run, csv = trained
+    data = ["--data", str(csv), "--text-col", "sentence", "--label-col", "polarity"]
+    argv = ["train", "sentiment", *data, "--init", str(run), "--encoder-lr-scale", "0", "--steps", "20", "--lr", "1e-2",
+            "--warmup-steps", "1", "--eval-every", "10", "--out", str(tmp_path / "frozen"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    before, after = rnnkit.load(run).model.state_dict(), rnnkit.load(tmp_path / "frozen").model.state_dict()
+    for name, tensor in after.items():
+        if name.split(".")[0] in ("embed", "encoder"):
+            torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+    assert not torch.equal(after["output.linear.weight"], before["output.linear.weight"])
+    args = build_parser().parse_args(["train", "sentiment", *data, "--encoder-lr-scale", "0.3", "--lr", "1e-3"])
+    task, _ = sentiment.build(args, train_config(args, sentiment.TRAIN_DEFAULTS), DistContext())
+    groups = task.parameter_groups()
+    assert [group["lr_scale"] for group in groups] == [1.0, 0.3]
+    encoder = [*task.model.embed.parameters(), *task.model.encoder.parameters()]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in encoder}
+
+
 def test_pretraining_on_other_reviews_switches_to_the_labelled_texts_after_it(trained):
     _, csv = trained
     args = build_parser().parse_args(["train", "sentiment", "--dataset", "rt", "--pretrain-data", "both", "--pretrain-steps",
@@ -262,6 +281,14 @@ def test_cli_predict_explain_and_evaluate(trained, capsys, tmp_path):
         (["train", "sentiment", "--data", "{csv}", "--dataset", "rt", "--steps", "1"], "give --data or --dataset"),
         (["train", "sentiment", "--pretrain-data", "rt", "--steps", "1"], "--pretrain-data needs --pretrain-steps"),
         (["train", "sentiment", "--data", "{csv}", "--init", "{csv}", "--steps", "1"], "--init: model directory"),
+        (
+            ["train", "sentiment", "--data", "{csv}", "--encoder-lr-scale", "-1", "--steps", "1"],
+            "--encoder-lr-scale must be >= 0",
+        ),
+        (
+            ["train", "sentiment", "--data", "{csv}", "--encoder-lr-scale", "0.5", "--pretrain-steps", "2", "--steps", "4"],
+            "--encoder-lr-scale applies to fine-tuning",
+        ),
     ],
 )
 def test_cli_bad_input_one_line(trained, capsys, argv, message):

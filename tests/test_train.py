@@ -271,6 +271,36 @@ def test_schedule_drives_the_optimizer(tmp_path):
     assert lrs == [0.5, 0.75, 1.0, 1.0]  # the lr set for the *next* step, after each step
 
 
+class GroupedTask(ToyTask):
+    """The embedding frozen (rate 0), the recurrent layers at a quarter of the rate."""
+
+    def parameter_groups(self):
+        m = self.model
+        return [{"params": m.head.parameters()}, {"params": m.embed.parameters(), "lr_scale": 0.0},
+                {"params": m.rnn.parameters(), "lr_scale": 0.25}]  # fmt: skip
+
+
+def test_parameter_groups_scale_the_rate_and_follow_the_schedule(tmp_path):
+    tokens, vocab = corpus()
+    task = GroupedTask(vocab)
+    embedding = task.model.embed.weight.detach().clone()
+    recurrent = task.model.rnn.weight_hh_l0.detach().clone()
+    data = StreamBatches(tokens, 4, 10)
+    trainer = Trainer(task, data, config(tmp_path, steps=4, warmup_steps=4, lr=1e-2))
+    trainer.fit()
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == [1e-2, 0.0, 0.25e-2]  # after warm-up: factor 1
+    torch.testing.assert_close(task.model.embed.weight.detach(), embedding, rtol=0, atol=0)
+    assert not torch.equal(task.model.rnn.weight_hh_l0.detach(), recurrent)
+
+
+def test_parameter_groups_must_cover_every_parameter_once(tmp_path):
+    tokens, vocab = corpus()
+    task = ToyTask(vocab)
+    task.parameter_groups = lambda: [{"params": task.model.head.parameters()}]
+    with pytest.raises(ValueError, match="every parameter of the model exactly once"):
+        Trainer(task, StreamBatches(tokens, 4, 10), config(tmp_path))
+
+
 def test_early_stopping(tmp_path):
     trainer = build(config(tmp_path, steps=100, eval_every=1, early_stop_patience=2))
     scores = iter([3.0, 2.0, 2.5, 2.6, 1.0])

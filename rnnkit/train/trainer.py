@@ -59,6 +59,14 @@ class Task(ABC):
         """Validation metrics, with ``model`` in eval mode and gradients off."""
         return {}
 
+    def parameter_groups(self) -> list[dict[str, Any]] | None:
+        """Optimizer groups ``{"params": [...], "lr_scale": s}``, each at ``s`` times the
+        configured learning rate (and its schedule); every parameter of ``model`` in exactly
+        one group; the metrics log the first group's rate. Default None: one group at the
+        configured rate. (ULMFiT's discriminative rates: a pretrained encoder learns slower
+        than a fresh classifier.)"""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """JSON that rebuilds the model (sizes, vocabulary, ...), saved beside its weights."""
         return {}
@@ -83,7 +91,15 @@ class TrainResult:
     skipped_steps: int = 0
 
 
-def make_optimizer(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig, groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer over ``model``'s parameters, in ``groups`` (see
+    :meth:`Task.parameter_groups`) or in one group."""
+    params: Any = model.parameters()
+    if groups is not None:
+        params = [{"params": list(group["params"]), "lr": config.lr * group.get("lr_scale", 1.0)} for group in groups]
+        listed = [id(p) for group in params for p in group["params"]]  # lists: a generator is read once
+        if sorted(listed) != sorted(id(p) for p in model.parameters()):
+            raise ValueError("parameter_groups must list every parameter of the model exactly once")
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
@@ -110,7 +126,7 @@ class Trainer:
         self.train_model: nn.Module = self.model
         if self.context.active:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=task.partial_updates)
-        self.optimizer = make_optimizer(self.model.parameters(), config)
+        self.optimizer = make_optimizer(self.model, config, task.parameter_groups())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, config.lr_factor)
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"

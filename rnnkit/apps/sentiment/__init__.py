@@ -53,8 +53,9 @@ class SentimentTask(Task):
     name = NAME
 
     def __init__(self, model: SequenceClassifier, valid: list[tuple[list[int], int]], pretrain_steps: int = 0,
-                 lm_valid: list[tuple[list[int], int]] | None = None, pretrain_only: bool = False) -> None:  # fmt: skip
-        self.model, self.pretrain_steps = model, pretrain_steps
+                 lm_valid: list[tuple[list[int], int]] | None = None, pretrain_only: bool = False,
+                 encoder_lr_scale: float = 1.0) -> None:  # fmt: skip
+        self.model, self.pretrain_steps, self.encoder_lr_scale = model, pretrain_steps, encoder_lr_scale
         self.valid = sorted(valid, key=lambda example: len(example[0]))  # batches of similar lengths pad little
         self.lm_valid = sorted(valid[:LM_VALID] if lm_valid is None else lm_valid, key=lambda example: len(example[0]))
         self.partial_updates = pretrain_steps > 0  # the LM heads, then the classifier's, sit out
@@ -84,6 +85,16 @@ class SentimentTask(Task):
         accuracy = correct / len(self.valid)
         return {"val_error": 1 - accuracy, "val_accuracy": accuracy, "val_loss": total / len(self.valid)}
 
+    def parameter_groups(self) -> list[dict[str, Any]] | None:
+        """The classifier's own layers at the configured rate, the embedding and encoder at
+        ``encoder_lr_scale`` times it (ULMFiT's discriminative fine-tuning)."""
+        if self.encoder_lr_scale == 1.0:
+            return None
+        encoder = [*self.model.embed.parameters(), *self.model.encoder.parameters()]
+        shared = {id(p) for p in encoder}
+        own = [p for p in self.model.parameters() if id(p) not in shared]
+        return [{"params": own, "lr_scale": 1.0}, {"params": encoder, "lr_scale": self.encoder_lr_scale}]
+
     def describe(self) -> dict[str, Any]:
         return self.model.describe()
 
@@ -112,6 +123,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument("--lm-words", type=int, default=30_000, help="words the language model predicts (default: %(default)s)")
     group.add_argument(
+        "--encoder-lr-scale", type=float, default=1.0, metavar="S",
+        help="the embedding and encoder learn at S times --lr (ULMFiT's discriminative rates; e.g. 0.3 with --init; "
+        "0 freezes them; default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
         "--init", metavar="DIR",
         help="start from a trained sentiment model's vocabulary, embedding and encoder (e.g. a pretrained one); "
         "its sizes and cell replace --embedding, --hidden, --layers, --cell",
@@ -131,6 +147,10 @@ def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -
         raise ValueError("--vocab-size must be >= 3 and --max-words >= 1")
     if args.pretrain_steps < 0 or args.lm_words < 3:
         raise ValueError("--pretrain-steps must be >= 0 and --lm-words >= 3")
+    if not args.encoder_lr_scale >= 0:  # NaN too
+        raise ValueError(f"--encoder-lr-scale must be >= 0, got {args.encoder_lr_scale}")
+    if args.encoder_lr_scale != 1.0 and args.pretrain_steps:
+        raise ValueError("--encoder-lr-scale applies to fine-tuning: pretrain in its own run (--steps = --pretrain-steps)")
     if args.pretrain_data and not args.pretrain_steps:
         raise ValueError("--pretrain-data needs --pretrain-steps N (N > 0)")
     init = _read_init(args.init) if args.init else None
@@ -170,7 +190,7 @@ def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -
         sample = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))[:LM_VALID]
         lm_valid = [held_out[i] for i in sample]
     pretrain_only = config.steps is not None and args.pretrain_steps >= config.steps
-    return SentimentTask(model, valid, args.pretrain_steps, lm_valid, pretrain_only), source
+    return SentimentTask(model, valid, args.pretrain_steps, lm_valid, pretrain_only, args.encoder_lr_scale), source
 
 
 def _read_init(directory: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
