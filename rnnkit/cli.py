@@ -26,6 +26,7 @@ from rnnkit.train.checkpoint import atomic_write_text
 
 USER_ERRORS = (ValueError, TypeError, CheckpointError, TrainingDiverged, FileNotFoundError, PermissionError)
 ARGS_FILE = "args.json"
+ENSEMBLE_HELP = "model directory; repeat --model to predict with an ensemble of sentiment models (their mean probabilities)"
 
 
 def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any], cells: tuple[str, ...]) -> None:
@@ -136,12 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="classify texts with a trained sentiment model")
     predict.add_argument("texts", nargs="*", help="texts to classify (or --file)")
-    predict.add_argument("--model", required=True, help="model directory")
+    predict.add_argument("--model", required=True, action="append", metavar="DIR", help=ENSEMBLE_HELP)
     predict.add_argument("--file", help="a UTF-8 file with one text per line")
     predict.add_argument("--explain", action="store_true", help="also the words with the highest attention weights")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained model on its validation data")
-    evaluate.add_argument("--model", required=True, help="model directory")
+    evaluate.add_argument("--model", required=True, action="append", metavar="DIR", help=ENSEMBLE_HELP)
     evaluate.add_argument("--data", help="other data to evaluate on (same format as training)")
     evaluate.add_argument(
         "--beam", type=int, default=5, help="translation: beam size compared with greedy (default: %(default)s)"
@@ -264,12 +265,21 @@ def read_texts(texts: list[str], file: str | None) -> list[str]:
     return texts
 
 
-def run_predict(args: argparse.Namespace) -> None:
-    from rnnkit.apps.sentiment.model import Classifier
+def load_classifier(directories: list[str]) -> Any:
+    """The sentiment model in ``directories[0]``, or the ensemble of those in all of them."""
+    from rnnkit.apps.sentiment.model import Classifier, Ensemble
 
-    classifier = rnnkit.load(args.model)
-    if not isinstance(classifier, Classifier):
-        raise ValueError(f"{args.model} is not a classification model")
+    models = [rnnkit.load(directory) for directory in directories]
+    for directory, model in zip(directories, models):
+        if not isinstance(model, Classifier):
+            raise ValueError(f"--model: {directory} is not a classification model")
+    return models[0] if len(models) == 1 else Ensemble(models)
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    if args.explain and len(args.model) > 1:
+        raise ValueError("--explain: give one --model (an ensemble has one attention per member)")
+    classifier = load_classifier(args.model)
     texts = read_texts(args.texts, args.file)
     for text, (label, probability) in zip(texts, classifier.predict(texts)):
         print(f"{label}\t{probability:.3f}\t{text}")
@@ -301,8 +311,11 @@ def run_forecast(args: argparse.Namespace) -> None:
 def run_evaluate(args: argparse.Namespace) -> None:
     from rnnkit.io import read_model_dir
 
+    directories, args.model = args.model, args.model[0]
     config, _ = read_model_dir(Path(args.model))
-    loaded = rnnkit.load(args.model)
+    if len(directories) > 1 and config["app"] != "sentiment":
+        raise ValueError(f"--model: several models (an ensemble) are for sentiment models; {args.model} is {config['app']}")
+    loaded = load_classifier(directories) if len(directories) > 1 else rnnkit.load(args.model)
     metrics = get_app(config["app"]).evaluate_model(loaded, config, args)
     if "report" in metrics:  # a table the application formatted itself
         print(metrics.pop("report"))

@@ -171,6 +171,26 @@ def test_single_step_equals_reference(name, bias, batch, dtype):
     assert h_fast.shape == state_shape
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("name", CELLS)
+def test_single_step_equals_reference_at_sizes_past_the_vector_width(name, dtype):
+    """The single step's products take weight rows 8 at a time over vectorised inner loops: at
+    H=37, I=19 every block, the leftover rows and the loops' tails run (fp64 to 1e-10)."""
+    cell = {
+        "rnn-tanh": RNNCell(19, 37), "rnn-relu": RNNCell(19, 37, nonlinearity="relu"), "lstm": LSTMCell(19, 37),
+        "gru-reset-before": GRUCell(19, 37), "gru-reset-after": GRUCell(19, 37, reset_after=True),
+    }[name].to(dtype)  # fmt: skip
+    x, h = torch.randn(3, 19, dtype=dtype), torch.randn(3, 37, dtype=dtype)
+    state = (h, torch.randn(3, 37, dtype=dtype)) if name == "lstm" else h
+    with torch.no_grad():
+        fast = cell(x, state)
+        assert rnnkit.last_backend() == "native-step"
+        with use_backend("reference"):
+            slow = cell(x, state)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
+    torch.testing.assert_close(fast, slow, **tol)
+
+
 def test_single_step_only_without_autograd_and_for_few_sequences():
     cell = LSTMCell(I, H)
     x = torch.randn(2, I)

@@ -9,18 +9,26 @@ import torch
 import rnnkit
 from rnnkit.apps import sentiment
 from rnnkit.apps.sentiment.evaluation import classification_report, confusion
-from rnnkit.apps.sentiment.model import POOLINGS, Classifier, ClassifierConfig, SequenceClassifier, language_model_head
+from rnnkit.apps.sentiment.model import (
+    POOLINGS,
+    Classifier,
+    ClassifierConfig,
+    Ensemble,
+    SequenceClassifier,
+    language_model_head,
+)
 from rnnkit.cli import build_parser, main, train_config
 from rnnkit.data.parallel import pad_batch
 from rnnkit.data.reviews import WordVocab, movie_reviews, read_labelled_csv, split, tokenize
+from rnnkit.io import save_model
 from rnnkit.train import DistContext, PhasedBatches
 
 WORDS = ["good", "bad", "film", "a", "not", ".", "great", "dull"]
 
 
-def small_model(cell="lstm", pooling="attention", bidirectional=True, seed=0):
+def small_model(cell="lstm", pooling="attention", bidirectional=True, seed=0, words=WORDS, classes=("negative", "positive")):
     torch.manual_seed(seed)
-    config = ClassifierConfig(WORDS, ["negative", "positive"], cell, embedding=6, hidden=5, layers=2,
+    config = ClassifierConfig(list(words), list(classes), cell, embedding=6, hidden=5, layers=2,
                               bidirectional=bidirectional, pooling=pooling, dropout=0.0)  # fmt: skip
     return SequenceClassifier(config).eval()
 
@@ -312,3 +320,63 @@ def test_explain_needs_attention_pooling():
     with pytest.raises(ValueError, match="--explain needs a model with attention pooling"):
         classifier.explain("a good film")
     assert [w for w, _ in Classifier(small_model()).explain("a good film", top=2)] != []
+
+
+def test_an_ensemble_predicts_the_mean_of_its_members_probabilities_each_with_its_own_vocabulary():
+    first = Classifier(small_model(seed=1))
+    second = Classifier(small_model("gru", seed=2, words=list(reversed(WORDS))))  # other ids for the same words
+    texts = ["a good film", "not great , dull .", "bad"]
+    ensemble = Ensemble([first, second])
+    expected = (first.probabilities(texts) + second.probabilities(texts)) / 2
+    torch.testing.assert_close(ensemble.probabilities(texts), expected, rtol=0, atol=1e-7)
+    assert not torch.allclose(first.probabilities(texts), second.probabilities(texts), atol=1e-3)
+    best = expected.argmax(dim=-1)
+    assert ensemble.predict(texts) == [(first.config.classes[int(i)], pytest.approx(float(p[i]))) for i, p in zip(best, expected)]
+    with pytest.raises(ValueError, match="--model: the ensemble's models have different classes"):
+        Ensemble([first, Classifier(small_model(classes=("neg", "pos")))])
+    with pytest.raises(ValueError, match="--model: an ensemble needs at least 2 models"):
+        Ensemble([first])
+    with pytest.raises(ValueError, match="--explain: give one --model"):
+        ensemble.explain("a good film")
+
+
+def test_the_split_is_fixed_by_split_seed_not_by_the_training_seed(trained, tmp_path):
+    def validation(*flags):
+        args = build_parser().parse_args(["train", "sentiment", "--dataset", "rt", "--steps", "1", *flags])
+        task, _ = sentiment.build(args, train_config(args, sentiment.TRAIN_DEFAULTS), DistContext())
+        return task.valid, task.model.config.data
+
+    (default, described), (reseeded, _), (resplit, _) = validation(), validation("--seed", "7"), validation("--split-seed", "7")
+    assert default == reseeded and default != resplit and described["split_seed"] == 0
+    # --init from a model of another split would train on this split's test texts
+    model = small_model()
+    save_model(tmp_path / "other", "sentiment", {**model.describe(), "data": {**described, "split_seed": 3}}, model)
+    with pytest.raises(ValueError, match="--split-seed: .* was trained on the split of seed 3"):
+        validation("--init", str(tmp_path / "other"))
+    legacy = {**described, "seed": 3}  # saved before --split-seed: the training seed made the split
+    del legacy["split_seed"]
+    save_model(tmp_path / "legacy", "sentiment", {**model.describe(), "data": legacy}, model)
+    with pytest.raises(ValueError, match="split of seed 3"):
+        validation("--init", str(tmp_path / "legacy"))
+
+
+def test_cli_predict_and_evaluate_an_ensemble(trained, capsys, tmp_path):
+    run, csv = trained
+    data = ["--data", str(csv), "--text-col", "sentence", "--label-col", "polarity"]
+    argv = ["train", "sentiment", *data, "--init", str(run), "--seed", "1", "--steps", "10", "--lr", "1e-3",
+            "--eval-every", "5", "--out", str(tmp_path / "second"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()  # the training's report
+    members = [str(run), str(tmp_path / "second")]
+    models = ["--model", members[0], "--model", members[1]]
+    texts = ["one of the best films of the year", "an utter bore"]
+    assert main(["predict", *models, *texts]) == 0
+    printed = [float(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
+    mean = (rnnkit.load(members[0]).probabilities(texts) + rnnkit.load(members[1]).probabilities(texts)) / 2
+    assert printed == pytest.approx(mean.max(dim=-1).values.tolist(), abs=1e-3)
+    assert main(["evaluate", *models]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and (run / "ensemble-confusion.png").is_file()
+    assert main(["predict", *models, "--explain", "a fine film"]) == 2
+    err = capsys.readouterr().err
+    assert "--explain: give one --model" in err and len(err.strip().splitlines()) == 1

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnkit.apps.sentiment.evaluation import classification_report, plot_confusion, tfidf_baseline
-from rnnkit.apps.sentiment.model import CELLS, POOLINGS, Classifier, ClassifierConfig, SequenceClassifier
+from rnnkit.apps.sentiment.model import CELLS, POOLINGS, Classifier, ClassifierConfig, Ensemble, SequenceClassifier
 from rnnkit.data.parallel import pad_batch
 from rnnkit.data.reviews import DATASETS, LabelledTexts, WordVocab, movie_reviews, read_labelled_csv
 from rnnkit.io import read_model_dir
@@ -105,6 +105,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data", help="a CSV file with a text and a label column")
     group.add_argument("--text-col", default="text", help="the text column of --data (default: %(default)s)")
     group.add_argument("--label-col", default="label", help="the label column of --data (default: %(default)s)")
+    group.add_argument(
+        "--split-seed", type=int, default=0,
+        help="seed of the 80/10/10 train/validation/test split (default: %(default)s); fixed, not --seed, so runs "
+        "with different --seed share one test split (and can be evaluated as an ensemble)",
+    )  # fmt: skip
     group.add_argument("--vocab-size", type=int, default=30_000, help="largest vocabulary (default: %(default)s)")
     group.add_argument("--max-words", type=int, default=400, help="texts are cut to their first N words in training")
     group.add_argument("--embedding", type=int, default=100)
@@ -154,10 +159,15 @@ def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -
     if args.pretrain_data and not args.pretrain_steps:
         raise ValueError("--pretrain-data needs --pretrain-steps N (N > 0)")
     init = _read_init(args.init) if args.init else None
-    data = load_data(args.dataset, args.data, args.text_col, args.label_col, config.seed)
-    lm_data = movie_reviews(args.pretrain_data, config.seed) if args.pretrain_data else data
+    if init is not None and not args.data and (init[0].get("data") or {}).get("dataset"):
+        init_split = _split_seed(init[0]["data"])
+        if init_split != args.split_seed:  # its training texts would include this run's test texts
+            raise ValueError(f"--split-seed: {args.init} was trained on the split of seed {init_split}; "
+                             f"fine-tuning on bundled reviews needs the same split (--split-seed {init_split})")  # fmt: skip
+    data = load_data(args.dataset, args.data, args.text_col, args.label_col, args.split_seed)
+    lm_data = movie_reviews(args.pretrain_data, args.split_seed) if args.pretrain_data else data
     described = {"dataset": None if args.data else (args.dataset or "rt"), "data": args.data, "text_col": args.text_col,
-                 "label_col": args.label_col, "seed": config.seed}  # fmt: skip
+                 "label_col": args.label_col, "split_seed": args.split_seed}  # fmt: skip
     if init is not None:
         vocab = WordVocab(init[0]["words"])
     else:  # from training splits only: the task's, and the pretraining texts'
@@ -205,6 +215,12 @@ def _read_init(directory: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
     return config["model"], kept
 
 
+def _split_seed(described: dict[str, Any]) -> int:
+    """The split seed a model's data description records (models saved before ``--split-seed``
+    split by their training ``seed``)."""
+    return int(described.get("split_seed", described.get("seed", 0)))
+
+
 def _encode(vocab: WordVocab, examples: list[tuple[str, int]]) -> list[tuple[list[int], int]]:
     """Encoded examples; a text with no words at all is left out (it has nothing to classify)."""
     return [(ids, label) for ids, label in ((vocab.encode(text), label) for text, label in examples) if ids]
@@ -221,12 +237,13 @@ def rebuild_data(classifier: Classifier, data_path: str | None = None) -> Labell
     described = classifier.config.data
     text_col, label_col = described.get("text_col", "text"), described.get("label_col", "label")
     path = data_path or described.get("data")
-    return load_data(None if path else described.get("dataset"), path, text_col, label_col, int(described.get("seed", 0)))
+    return load_data(None if path else described.get("dataset"), path, text_col, label_col, _split_seed(described))
 
 
 def evaluate_model(classifier: Classifier, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Test accuracy and macro F1 of the model and of the TF-IDF baseline on the same split;
-    writes ``confusion.png`` beside the model."""
+    """Test accuracy and macro F1 of the model (or :class:`Ensemble`) and of the TF-IDF baseline on
+    the same split; writes ``confusion.png`` beside the model (an ensemble's ``ensemble-confusion.png``
+    beside its first)."""
     data = rebuild_data(classifier, getattr(args, "data", None))
     if data.classes != classifier.config.classes:
         raise ValueError(f"the data's classes {data.classes} are not the model's {classifier.config.classes}")
@@ -238,7 +255,7 @@ def evaluate_model(classifier: Classifier, config: dict[str, Any], args: argpars
     if baseline is not None:
         results.update({f"tf-idf test {k}": v for k, v in baseline.items()})
     if model_dir := getattr(args, "model", None):
-        path = Path(model_dir) / "confusion.png"
+        path = Path(model_dir) / ("ensemble-confusion.png" if isinstance(classifier, Ensemble) else "confusion.png")
         plot_confusion(gold, predicted, data.classes, path)
         results["confusion"] = str(path)
     return results

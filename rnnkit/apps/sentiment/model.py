@@ -202,3 +202,34 @@ class Classifier:
         words = tokenize(text)
         ranked = sorted(zip(words, attention[0].tolist()), key=lambda pair: -pair[1])
         return ranked[:top]
+
+
+class Ensemble(Classifier):
+    """Several classifiers of the same classes and data split, predicting the mean of their class
+    probabilities, ``p(y | text) = (1 / K) sum_k p_k(y | text)`` (e.g. fine-tunings of one
+    pretrained encoder with different ``--seed``). Each member reads the text with its own vocabulary.
+    Its ``config`` and ``vocab`` are the first member's."""
+
+    def __init__(self, members: list[Classifier]) -> None:
+        if len(members) < 2:
+            raise ValueError(f"--model: an ensemble needs at least 2 models, got {len(members)}")
+        first = members[0]
+        for member in members[1:]:
+            if member.config.classes != first.config.classes:
+                raise ValueError(f"--model: the ensemble's models have different classes "
+                                 f"({first.config.classes} and {member.config.classes})")  # fmt: skip
+            if member.config.data != first.config.data:
+                raise ValueError(f"--model: the ensemble's models were trained on different data or splits "
+                                 f"({first.config.data} and {member.config.data})")  # fmt: skip
+        self.members, self.model, self.config, self.vocab = members, first.model, first.config, first.vocab
+
+    def encode(self, texts: list[str], strict: bool = True) -> list[list[int]]:
+        raise NotImplementedError("an ensemble's members encode texts with their own vocabularies")
+
+    @torch.no_grad()
+    def probabilities(self, texts: list[str], batch_size: int = 64, strict: bool = True) -> Tensor:
+        """``(N, C)``: the mean of the members' class probabilities."""
+        return torch.stack([member.probabilities(texts, batch_size, strict) for member in self.members]).mean(dim=0)
+
+    def explain(self, text: str, top: int = 5) -> list[tuple[str, float]]:
+        raise ValueError("--explain: give one --model (an ensemble has one attention per member)")
