@@ -277,14 +277,13 @@ def load_classifier(directories: list[str]) -> Any:
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    if args.explain and len(args.model) > 1:
-        raise ValueError("--explain: give one --model (an ensemble has one attention per member)")
     classifier = load_classifier(args.model)
     texts = read_texts(args.texts, args.file)
-    for text, (label, probability) in zip(texts, classifier.predict(texts)):
+    explained = [classifier.explain(text) for text in texts] if args.explain else [None] * len(texts)  # errors first
+    for text, (label, probability), words in zip(texts, classifier.predict(texts), explained):
         print(f"{label}\t{probability:.3f}\t{text}")
-        if args.explain:
-            print("\t" + ", ".join(f"{word} {weight:.2f}" for word, weight in classifier.explain(text)))
+        if words is not None:
+            print("\t" + ", ".join(f"{word} {weight:.2f}" for word, weight in words))
 
 
 def run_forecast(args: argparse.Namespace) -> None:
@@ -313,8 +312,6 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     directories, args.model = args.model, args.model[0]
     config, _ = read_model_dir(Path(args.model))
-    if len(directories) > 1 and config["app"] != "sentiment":
-        raise ValueError(f"--model: several models (an ensemble) are for sentiment models; {args.model} is {config['app']}")
     loaded = load_classifier(directories) if len(directories) > 1 else rnnkit.load(args.model)
     metrics = get_app(config["app"]).evaluate_model(loaded, config, args)
     if "report" in metrics:  # a table the application formatted itself

@@ -226,7 +226,6 @@ class Ensemble(Classifier):
     def encode(self, texts: list[str], strict: bool = True) -> list[list[int]]:
         raise NotImplementedError("an ensemble's members encode texts with their own vocabularies")
 
-    @torch.no_grad()
     def probabilities(self, texts: list[str], batch_size: int = 64, strict: bool = True) -> Tensor:
         """``(N, C)``: the mean of the members' class probabilities."""
         return torch.stack([member.probabilities(texts, batch_size, strict) for member in self.members]).mean(dim=0)
