@@ -1,6 +1,6 @@
 """rnnkit vs torch.nn, side by side in one process: a training step (forward + backward) of one
-layer for RNN, LSTM and GRU on four configurations; single-step inference of each cell; and the
-char-LM's generation loop.
+layer for RNN, LSTM and GRU on four configurations; the LSTM's bf16 mode (CPU autocast) on two;
+single-step inference of each cell; and the char-LM's generation loop.
 
 Timings are interleaved (rnnkit, torch, rnnkit, torch, ...) and the median of the repeats is
 reported; 2 threads. Writes JSON and prints a table of ratios (torch time / rnnkit time: > 1
@@ -65,6 +65,40 @@ def gemm_peak(repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     best = min(timed(torch.mm, a, b) for _ in range(repeats))
     return 2 * 2048**3 / best / 1e9
+
+
+def bf16_lstm(repeats: int) -> dict[str, dict[str, float]]:
+    """bf16 mode: an rnnkit LSTM training step under ``torch.autocast("cpu", dtype=torch.bfloat16)``
+    against ``nn.LSTM`` in float32 (the issue's target) and ``nn.LSTM`` under the same autocast,
+    interleaved, on charLM and big."""
+    results = {}
+    for config in ("charLM", "big"):
+        batch, steps, inputs, hidden = CONFIGS[config]
+        x = torch.randn(steps, batch, inputs)
+        theirs = nn.LSTM(inputs, hidden)
+        ours = rnnkit.LSTM.from_torch(theirs)
+
+        def run(layer: nn.Module, bf16: bool, x: torch.Tensor = x) -> float:
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out, _ = layer(x)
+            out.float().sum().backward()
+            return time.perf_counter() - start
+
+        runs = {"rnnkit_bf16": (ours, True), "torch_fp32": (theirs, False), "torch_bf16": (theirs, True)}
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for i in range(repeats + 2):
+            for name, (layer, bf16) in runs.items():
+                elapsed = run(layer, bf16)
+                if i >= 2:  # two warm-up rounds
+                    times[name].append(elapsed)
+        ms = {f"{name}_ms": 1e3 * statistics.median(t) for name, t in times.items()}
+        results[config] = {
+            **ms,
+            "speedup_vs_torch_fp32": ms["torch_fp32_ms"] / ms["rnnkit_bf16_ms"],
+            "speedup_vs_torch_bf16": ms["torch_bf16_ms"] / ms["rnnkit_bf16_ms"],
+        }
+    return results
 
 
 STEP_CELLS = {"LSTM": (rnnkit.LSTMCell, nn.LSTMCell), "GRU": (rnnkit.GRUCell, nn.GRUCell), "RNN": (rnnkit.RNNCell, nn.RNNCell)}
@@ -133,6 +167,11 @@ def main() -> None:
             results["train"][f"{cell}/{config}"] = result
             print(f"{cell:4s} {config:9s} rnnkit {result['rnnkit_ms']:8.2f} ms  torch {result['torch_ms']:8.2f} ms  "
                   f"speedup {result['speedup']:5.2f}x  ({result['rnnkit_gflops']:.0f} GFLOP/s)", flush=True)  # fmt: skip
+    results["bf16_lstm"] = bf16_lstm(args.repeats)
+    for config, r in results["bf16_lstm"].items():
+        print(f"LSTM {config:9s} bf16 mode: rnnkit {r['rnnkit_bf16_ms']:8.2f} ms  torch fp32 {r['torch_fp32_ms']:8.2f} ms  "
+              f"torch bf16 {r['torch_bf16_ms']:8.2f} ms  speedup vs fp32 {r['speedup_vs_torch_fp32']:5.2f}x  "
+              f"vs torch bf16 {r['speedup_vs_torch_bf16']:5.2f}x", flush=True)  # fmt: skip
     results["step_inference_b1_h128"] = step_inference(args.repeats)
     for cell, s in results["step_inference_b1_h128"].items():
         ours_us, torch_us = s["rnnkit_ms"] * 1e3, s["torch_ms"] * 1e3

@@ -82,6 +82,10 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
         help=f"save the weights of the best evaluation, not the last (default: {'on' if base.restore_best else 'off'})",
     )  # fmt: skip
     best.add_argument("--no-restore-best", dest="restore_best", action="store_false", help="save the last weights")
+    group.add_argument(
+        "--bf16", action="store_true",
+        help="bf16 mixed precision on CPU: the GEMMs run in bf16, weights, state and optimizer stay float32",
+    )  # fmt: skip
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -97,7 +101,7 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any]) -> TrainCon
         schedule=schedule, warmup_steps=args.warmup_steps, clip_norm=clip_norm,
         clip_value=args.clip_value, eval_every=args.eval_every, early_stop_patience=args.early_stop_patience,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
-        restore_best=args.restore_best,
+        restore_best=args.restore_best, bf16=args.bf16,
     )  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """The char-LM: learning on real text, generation (seeded, greedy, top-k, top-p), save/load."""
 
+import json
 import math
 from pathlib import Path
 
@@ -14,19 +15,29 @@ from rnnkit.sampling import next_token
 from rnnkit.train import StreamBatches, TrainConfig, Trainer
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def train_small_charlm(out: Path, bf16: bool = False):
     """200 steps on 300k characters of Shakespeare (a few seconds)."""
-    out = tmp_path_factory.mktemp("charlm") / "run"
     train, valid = split_documents(shakespeare(), SHAKESPEARE_VALIDATION)
     train, valid = train[:300_000], valid[:20_000]
     torch.manual_seed(0)
     vocab = CharVocab.from_text(train)
     task = CharLMTask(CharLM(CharLMConfig(len(vocab), "lstm", 32, 128, 1)), vocab, vocab.encode(valid), None)
-    config = TrainConfig(steps=200, batch_size=32, bptt_steps=50, lr=5e-3, out=str(out), progress=False, eval_every=100)
+    config = TrainConfig(
+        steps=200, batch_size=32, bptt_steps=50, lr=5e-3, out=str(out), progress=False, eval_every=100, bf16=bf16
+    )
     first = task.evaluate(task.model)["val_loss"]
     result = Trainer(task, StreamBatches(vocab.encode(train), 32, 50), config).fit()
     return out, first, result
+
+
+def train_losses(out: Path) -> list[float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_small_charlm(tmp_path_factory.mktemp("charlm") / "run")
 
 
 def test_loss_falls_below_threshold_on_real_text(trained):
@@ -34,6 +45,19 @@ def test_loss_falls_below_threshold_on_real_text(trained):
     assert first > 4.0, "starts near uniform over 76 characters (log 76 = 4.33)"
     assert result.last_eval["val_loss"] < 2.3, "well below the unigram entropy of English characters (about 2.85 nats)"
     assert result.last_eval["bits_per_char"] == pytest.approx(result.last_eval["val_loss"] / math.log(2))
+
+
+def test_bf16_training_curve_stays_within_one_percent_of_float32(trained, tmp_path):
+    """The issue's check of bf16 mode (``--bf16``): the same 200 steps under CPU autocast give a
+    training-loss curve within 1% of float32's (mean of each 20-step window, every window)."""
+    out, _, fp32_result = trained
+    _, _, bf16_result = train_small_charlm(tmp_path / "bf16", bf16=True)
+    fp32, bf16 = train_losses(out), train_losses(tmp_path / "bf16")
+    assert len(fp32) == len(bf16) == 200
+    windows = [(sum(fp32[i : i + 20]) / 20, sum(bf16[i : i + 20]) / 20) for i in range(0, 200, 20)]
+    assert all(abs(b - a) <= 0.01 * a for a, b in windows), windows
+    assert fp32 != bf16, "bf16 rounding changes the run: the flag took effect"
+    assert abs(bf16_result.last_eval["val_loss"] - fp32_result.last_eval["val_loss"]) <= 0.01 * fp32_result.last_eval["val_loss"]
 
 
 def test_generation_is_reproducible_and_survives_save_load(trained):

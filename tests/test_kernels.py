@@ -225,16 +225,59 @@ def test_one_step_sequences_take_the_single_step_in_inference(name):
     assert rnnkit.last_backend() == "native", "with autograd, the sequence kernel"
 
 
-def test_autocast_bf16_runs_the_input_projection_in_bf16_and_the_recurrence_in_fp32():
-    """Mixed precision: under CPU autocast the big input GEMM is bf16; state, outputs and the
-    recurrent weights' gradients stay float32, close to the float32 run (bf16's 8-bit mantissa)."""
-    layer = LSTM(16, 32, num_layers=2)
-    x = torch.randn(20, 4, 16)
-    exact, _ = layer(x)
+BF16_LAYERS = {
+    "lstm": lambda: LSTM(16, 32, bias=False),
+    "gru-reset-before": lambda: GRU(16, 32, bias=False),
+    "gru-reset-after": lambda: GRU(16, 32, reset_after=True, bias=False),
+    "rnn-tanh": lambda: RNN(16, 32, bias=False),
+}
+
+
+@pytest.mark.parametrize("name", BF16_LAYERS)
+def test_autocast_bf16_mode_rounds_every_gemm_operand_to_bf16_and_keeps_the_rest_fp32(name):
+    """bf16 mode: under CPU autocast every GEMM of the recurrence takes bf16 operands and its
+    result is rounded to bf16; state, gates and outputs stay float32. Its oracle is the cell's
+    own equations run step by step under autocast, with the input projection widened to fp32
+    as the kernel does (F.linear then rounds h and W_hh). They agree to float32 rounding, but
+    for a rare bf16 rounding tie that the two GEMMs' summation orders break differently."""
+    layer = BF16_LAYERS[name]()
+    x = torch.randn(20, 4, 16, requires_grad=True)
+    weight = torch.randn(20, 4, 32)
+
+    def gradients(y):
+        layer.zero_grad()
+        x.grad = None
+        (y * weight).sum().backward()
+        return x.grad.clone(), layer.weight_hh_l0.grad.clone()
+
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed, (h_n, c_n) = layer(x)
+        fast, h_n = layer(x)
         assert rnnkit.last_backend() == "native"
-    assert mixed.dtype == h_n.dtype == c_n.dtype == torch.float32
-    torch.testing.assert_close(mixed, exact, rtol=0, atol=3e-2)
-    mixed.sum().backward()
-    assert layer.weight_hh_l0.grad.dtype == torch.float32 and torch.isfinite(layer.weight_ih_l0.grad).all()
+        gx = torch.nn.functional.linear(x, layer.weight_ih_l0).float()
+        state, steps = layer.recurrence.zero_state(4, dtype=torch.float32, device=x.device), []
+        for t in range(20):
+            h, state = layer.recurrence.step(gx[t], state, layer.weight_hh_l0, None)
+            steps.append(h)
+    oracle = torch.stack(steps)
+    exact, _ = layer(x)
+    assert fast.dtype == torch.float32 and all(s.dtype == torch.float32 for s in (h_n if isinstance(h_n, tuple) else (h_n,)))
+    error = (fast - oracle).abs()
+    assert error.median() < 1e-6 and error.max() < 1e-3, "the oracle's roundings, step by step"
+    assert (fast - exact).abs().max() > 1e-3, "bf16 rounding is visible: the recurrence did not run in float32"
+    (dx, dw), (oracle_dx, _), (exact_dx, exact_dw) = gradients(fast), gradients(oracle), gradients(exact)
+    dx_error = (dx - oracle_dx).abs() / oracle_dx.abs().max()
+    assert dx_error.median() < 1e-6 and dx_error.max() < 2e-2, "the backward's roundings match the oracle's too"
+    # dW_hh: one GEMM with fp32 accumulation over all steps, rounded once (the oracle's autograd
+    # sums the steps' bf16 products in bf16), so it is checked against float32 at bf16's precision
+    assert dw.dtype == torch.float32
+    torch.testing.assert_close(dw, exact_dw, rtol=0, atol=2e-2 * exact_dw.abs().max().item())
+    torch.testing.assert_close(dx, exact_dx, rtol=0, atol=2e-2 * exact_dx.abs().max().item())
+
+
+def test_bf16_mode_is_off_for_float64_and_outside_autocast():
+    weight = torch.zeros(2, 2)
+    assert not native.bf16_mode(weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert native.bf16_mode(weight) and not native.bf16_mode(weight.double())
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not native.bf16_mode(weight)

@@ -1,7 +1,9 @@
 """Execution backends for one layer and direction of a recurrent sequence.
 
 - ``"native"``: the fused C++ kernel (:mod:`rnnkit.kernels.native`), used on CPU for float32
-  and float64 when it builds (it is compiled on first use and cached);
+  and float64 when it builds (it is compiled on first use and cached); under
+  ``torch.autocast("cpu", dtype=torch.bfloat16)`` its recurrent GEMMs take bf16 operands
+  (:func:`rnnkit.kernels.native.bf16_mode`);
 - ``"native-step"``: the same kernel's single step (``step`` in ``csrc/recurrence.cpp``),
   for inference: with gradients off, a cell call or a one-step sequence of at most
   :data:`STEP_MAX_BATCH` sequences runs both products and the gate pass in one call (text

@@ -105,12 +105,12 @@ class _Recurrence(torch.autograd.Function):
     """Autograd wrapper: inputs ``gx, h0, c0, w_hh, b_hh``; outputs ``y, h_n, c_n``."""
 
     @staticmethod
-    def forward(ctx, kind, reverse, valid, gx, h0, c0, w_hh, b_hh):  # noqa: ANN001
+    def forward(ctx, kind, reverse, bf16, valid, gx, h0, c0, w_hh, b_hh):  # noqa: ANN001
         save = any(ctx.needs_input_grad)  # grad mode is off inside forward; this says if backward will run
-        y, h_n, c_n, *saved = extension().forward(kind, gx, h0, c0, w_hh, b_hh, valid, reverse, save)
+        y, h_n, c_n, *saved = extension().forward(kind, gx, h0, c0, w_hh, b_hh, valid, reverse, save, bf16)
         if save:
             ctx.save_for_backward(w_hh, valid, *saved)
-        ctx.kind, ctx.reverse, ctx.has_bias, ctx.lstm = kind, reverse, b_hh.numel() > 0, kind == LSTM
+        ctx.kind, ctx.reverse, ctx.bf16, ctx.has_bias, ctx.lstm = kind, reverse, bf16, b_hh.numel() > 0, kind == LSTM
         return y, h_n, c_n
 
     @staticmethod
@@ -121,9 +121,17 @@ class _Recurrence(torch.autograd.Function):
         dh_n = torch.zeros_like(hprev[0]) if dh_n is None else dh_n
         dc_n = (torch.zeros_like(hprev[0]) if dc_n is None else dc_n) if ctx.lstm else _EMPTY
         d_gx, dh0, dc0, dw, db = extension().backward(
-            ctx.kind, dy, dh_n, dc_n, acts, hprev, third, w_hh, valid, ctx.reverse, ctx.has_bias
+            ctx.kind, dy, dh_n, dc_n, acts, hprev, third, w_hh, valid, ctx.reverse, ctx.has_bias, ctx.bf16
         )
-        return None, None, None, d_gx, dh0, dc0 if ctx.lstm else None, dw, db if ctx.has_bias else None
+        return None, None, None, None, d_gx, dh0, dc0 if ctx.lstm else None, dw, db if ctx.has_bias else None
+
+
+def bf16_mode(weight: Tensor) -> bool:
+    """True under ``torch.autocast("cpu", dtype=torch.bfloat16)`` for float32 weights: the
+    recurrence's GEMMs then take bf16 operands."""
+    return (
+        weight.dtype == torch.float32 and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
 
 
 def run_step(recurrence: Recurrence, weights: Weights, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -150,11 +158,12 @@ def run_direction(
 ) -> tuple[Tensor, State]:
     """Same contract as :func:`rnnkit.kernels.reference.run_direction`, one fused kernel call."""
     gx = F.linear(x, weights.weight_ih, weights.bias_ih)  # all time steps in one GEMM
-    # under torch.autocast that GEMM runs in bf16; the recurrence and its state stay in the weights' dtype
+    # Under torch.autocast("cpu", dtype=torch.bfloat16) that GEMM runs in bf16 and so do the
+    # recurrence's GEMMs (bf16 mode, see csrc/recurrence.cpp); state and gates stay float32.
     gx = gx.to(weights.weight_hh.dtype)
     kind = kind_of(recurrence)
     h0, c0 = (state.h, state.c) if kind == LSTM else (state, _EMPTY)
     valid = _EMPTY if mask is None else mask.squeeze(-1).to(torch.uint8)
     b_hh = _EMPTY if weights.bias_hh is None else weights.bias_hh
-    y, h_n, c_n = _Recurrence.apply(kind, reverse, valid, gx, h0, c0, weights.weight_hh, b_hh)
+    y, h_n, c_n = _Recurrence.apply(kind, reverse, bf16_mode(weights.weight_hh), valid, gx, h0, c0, weights.weight_hh, b_hh)
     return y, (LSTMState(h_n, c_n) if kind == LSTM else h_n)

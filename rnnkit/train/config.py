@@ -40,6 +40,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     restore_best: bool = False  # export the weights of the best evaluation, not the last (Keras restore_best_weights)
+    bf16: bool = False  # mixed precision: forward and backward under torch.autocast("cpu", dtype=torch.bfloat16)
     nan_patience: int = 5  # consecutive non-finite steps before training stops
     progress: bool = True
 

@@ -6,6 +6,10 @@
 //   forward : one recurrent GEMM (two for the textbook GRU) + one fused pass over the gates
 //   backward: one fused pass over the gate gradients + one GEMM (two for the textbook GRU)
 // and after the backward loop dW_hh and db_hh as one large GEMM and one reduction.
+// bf16 mode (`bf16`, float32 only; torch.autocast("cpu", dtype=torch.bfloat16) turns it on): every
+// GEMM of the recurrence takes bf16 operands (W_hh rounded once per call, the state and the gate
+// gradients per step), accumulates in fp32 inside oneDNN, and its result is rounded to bf16 then
+// widened back; the state h, c, the gate passes and every buffer kept across steps stay float32.
 // For inference, `step` runs one time step of a cell for a few sequences: both products as dot
 // products over contiguous weight rows, then the same gate pass (no autograd, no GEMM dispatch).
 // The equations are those of rnnkit/cells/*.py (the reference); see rnnkit/kernels/native.py.
@@ -173,6 +177,63 @@ inline void add_into(at::Tensor& target, const at::Tensor& source) {
   });
 }
 
+// bf16 <-> float over the rows of 2-D views whose rows are contiguous: float -> bf16 rounds to
+// nearest even (as torch does), bf16 -> float is exact. Straight-line loops that vectorise.
+inline uint16_t bf16_bits(float x) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+inline float bf16_value(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+
+template <typename Fn>
+void rows_of(const at::Tensor& view, const Fn& fn) {  // fn(row) for every row, threaded when large
+  const int64_t R = view.size(0), K = view.size(1);
+  at::parallel_for(0, R, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, K)), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) fn(r, K);
+  });
+}
+
+// out = a b. If b is bf16 (bf16 mode) and out is float: a is rounded to bf16 into scratch_in,
+// the GEMM writes bf16 into scratch_out, which is widened into out. Otherwise one GEMM into out.
+inline void product(at::Tensor out, const at::Tensor& a, const at::Tensor& b, at::Tensor& scratch_in, at::Tensor& scratch_out) {
+  if (b.scalar_type() == out.scalar_type()) {
+    at::mm_out(out, a, b);
+    return;
+  }
+  TORCH_CHECK(a.stride(1) == 1 && out.stride(1) == 1, "rnnkit: bf16 product needs row-major operands");
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  if (scratch_in.numel() < M * K) scratch_in = at::empty({M * K}, b.options());
+  if (scratch_out.numel() < M * N) scratch_out = at::empty({M * N}, b.options());
+  at::Tensor a16 = scratch_in.narrow(0, 0, M * K).view({M, K}), out16 = scratch_out.narrow(0, 0, M * N).view({M, N});
+  const float* ap = a.data_ptr<float>();
+  uint16_t* a16p = reinterpret_cast<uint16_t*>(a16.data_ptr<at::BFloat16>());
+  rows_of(a, [&](int64_t r, int64_t n) {
+    const float* __restrict src = ap + r * a.stride(0);
+    uint16_t* __restrict dst = a16p + r * n;
+    for (int64_t k = 0; k < n; ++k) dst[k] = bf16_bits(src[k]);
+  });
+  at::mm_out(out16, a16, b);
+  const uint16_t* o16p = reinterpret_cast<const uint16_t*>(out16.data_ptr<at::BFloat16>());
+  float* op = out.data_ptr<float>();
+  rows_of(out, [&](int64_t r, int64_t n) {
+    const uint16_t* __restrict src = o16p + r * n;
+    float* __restrict dst = op + r * out.stride(0);
+    for (int64_t k = 0; k < n; ++k) dst[k] = bf16_value(src[k]);
+  });
+}
+
+// The same for a one-off product (no scratch kept): the weight gradients' GEMM after the loop.
+inline void product(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  if (b.scalar_type() == out.scalar_type()) {
+    at::mm_out(out, a, b);
+  } else {
+    out.copy_(at::mm(a.to(b.scalar_type()), b));
+  }
+}
+
+// The GEMM operand form of a weight: as it is, or rounded to bf16 in bf16 mode.
+inline at::Tensor operand(const at::Tensor& w, bool bf16) { return bf16 ? w.to(at::kBFloat16) : w; }
+
 struct Saved {
   at::Tensor acts, hprev, cprev, extra;
 };
@@ -185,7 +246,7 @@ inline bool is_valid(const uint8_t* valid, int64_t t, int64_t B, int64_t b) { re
 template <typename T>
 std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0,
                                      const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& valid_mask,
-                                     bool reverse, bool save) {
+                                     bool reverse, bool save, bool bf16) {
   const int64_t steps = gx.size(0), B = gx.size(1), H = h0.size(1), G = gate_count(kind), GH = G * H;
   const bool has_bias = b_hh.defined() && b_hh.numel() > 0;
   const uint8_t* valid = valid_mask.numel() ? valid_mask.data_ptr<uint8_t>() : nullptr;
@@ -202,13 +263,14 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& gx, const a
   at::Tensor gh = kind >= GRU_BEFORE ? at::empty({B, GH}, opts) : at::Tensor();  // recurrent part, GRU
   // W_hh^T made contiguous once per sequence: the per-step GEMM on a transposed view runs up to
   // 1.8x slower for small batches (measured: B=8, H=128), and the copy costs one pass over W_hh.
-  const at::Tensor w_t = w_hh.t().contiguous();  // (H, G*H)
+  const at::Tensor w_t = operand(w_hh.t().contiguous(), bf16);  // (H, G*H)
   const at::Tensor w_rz_t = kind == GRU_BEFORE ? w_t.narrow(1, 0, 2 * H) : at::Tensor();
   const at::Tensor w_n_t = kind == GRU_BEFORE ? w_t.narrow(1, 2 * H, H) : at::Tensor();
   const at::Tensor bias_or_zero = has_bias ? b_hh : at::zeros({GH}, opts);
   const T* bias = bias_or_zero.data_ptr<T>();
   T* hp = h.data_ptr<T>();
   T* cp = kind == LSTM ? c.data_ptr<T>() : nullptr;
+  at::Tensor lp_in, lp_out;  // bf16 mode's scratch
 
   for (int64_t k = 0; k < steps; ++k) {
     const int64_t t = reverse ? steps - 1 - k : k;
@@ -221,7 +283,7 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& gx, const a
       if (kind == LSTM) std::copy(cp, cp + B * H, s.cprev.data_ptr<T>() + t * B * H);
     }
     if (kind == LSTM || kind == RNN_TANH || kind == RNN_RELU) {
-      at::mm_out(acts_t, h, w_t);  // a = h W_hh^T; gx_t and b_hh are added in the fused pass
+      product(acts_t, h, w_t, lp_in, lp_out);  // a = h W_hh^T; gx_t and b_hh are added in the fused pass
       for_rows(B, GH, [&](int64_t b) {
         T* ob = out + b * H;
         if (!is_valid(valid, t, B, b)) {  // past this sequence's length: state held, output zero
@@ -236,10 +298,10 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& gx, const a
       T* g = gh.data_ptr<T>();
       // recurrent GEMMs without bias (adding it inside addmm would copy it each step)
       if (kind == GRU_AFTER) {
-        at::mm_out(gh, h, w_t);  // gh = W_hh h
+        product(gh, h, w_t, lp_in, lp_out);  // gh = W_hh h
       } else {
         at::Tensor gh_rz = gh.narrow(1, 0, 2 * H);
-        at::mm_out(gh_rz, h, w_rz_t);
+        product(gh_rz, h, w_rz_t, lp_in, lp_out);
       }
       for_rows(B, GH, [&](int64_t b) {  // r and z, and for reset-after the candidate too
         gru_gates_row(x + b * GH, g + b * GH, bias, a + b * GH, hp + b * H, e ? e + b * H : nullptr, H, kind == GRU_AFTER);
@@ -248,7 +310,7 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& gx, const a
         at::Tensor rh = acts_t.narrow(1, 2 * H, H);
         at::Tensor gh_n = gh.narrow(1, 2 * H, H);
         if (e) at::Tensor(s.extra.select(0, t)).copy_(rh);
-        at::mm_out(gh_n, rh, w_n_t);  // W_hn (r ⊙ h)
+        product(gh_n, rh, w_n_t, lp_in, lp_out);  // W_hn (r ⊙ h)
         for_rows(B, H, [&](int64_t b) {
           const T* xb = x + b * GH + 2 * H;
           const T* gb = g + b * GH + 2 * H;
@@ -278,7 +340,7 @@ template <typename T>
 std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
                                       const at::Tensor& acts, const at::Tensor& hprev,
                                       const at::Tensor& third, const at::Tensor& w_hh, const at::Tensor& valid_mask,
-                                      bool reverse, bool has_bias) {
+                                      bool reverse, bool has_bias, bool bf16) {
   const int64_t steps = hprev.size(0), B = hprev.size(1), H = hprev.size(2), G = gate_count(kind), GH = G * H;
   const uint8_t* valid = valid_mask.numel() ? valid_mask.data_ptr<uint8_t>() : nullptr;
   auto opts = hprev.options();
@@ -288,11 +350,13 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
   at::Tensor dc = kind == LSTM ? dc_n.clone() : at::Tensor();
   at::Tensor direct = kind >= GRU_BEFORE ? at::empty_like(dh) : at::Tensor();  // dL/dh_{t-1} outside W_hh
   at::Tensor d_rh = kind == GRU_BEFORE ? at::empty_like(dh) : at::Tensor();
-  const at::Tensor w_rz = kind == GRU_BEFORE ? w_hh.narrow(0, 0, 2 * H) : at::Tensor();
-  const at::Tensor w_n = kind == GRU_BEFORE ? w_hh.narrow(0, 2 * H, H) : at::Tensor();
+  const at::Tensor w = operand(w_hh, bf16);
+  const at::Tensor w_rz = kind == GRU_BEFORE ? w.narrow(0, 0, 2 * H) : at::Tensor();
+  const at::Tensor w_n = kind == GRU_BEFORE ? w.narrow(0, 2 * H, H) : at::Tensor();
   const T* dyp = dy.numel() ? dy.data_ptr<T>() : nullptr;
   T* dhp = dh.data_ptr<T>();
   T* dcp = kind == LSTM ? dc.data_ptr<T>() : nullptr;
+  at::Tensor lp_in, lp_out;  // bf16 mode's scratch
 
   for (int64_t k = steps - 1; k >= 0; --k) {
     const int64_t t = reverse ? steps - 1 - k : k;
@@ -328,13 +392,13 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
     });
     const at::Tensor dg_t = d_gx.select(0, t);
     if (kind == LSTM || kind == RNN_TANH || kind == RNN_RELU) {
-      at::mm_out(dh_next, dg_t, w_hh);  // dL/dh_{t-1} = dG_t W_hh
+      product(dh_next, dg_t, w, lp_in, lp_out);  // dL/dh_{t-1} = dG_t W_hh
     } else if (kind == GRU_AFTER) {
-      at::mm_out(dh_next, d_gh.select(0, t), w_hh);
+      product(dh_next, d_gh.select(0, t), w, lp_in, lp_out);
       add_into(dh_next, direct);
     } else {
       // the candidate's GEMM first: d(r ⊙ h) = da_n W_hn; then r's gradient and the r,z GEMM
-      at::mm_out(d_rh, dg_t.narrow(1, 2 * H, H), w_n);
+      product(d_rh, dg_t.narrow(1, 2 * H, H), w_n, lp_in, lp_out);
       const T* drh = d_rh.data_ptr<T>();
       T* dr = direct.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b) {
@@ -348,7 +412,7 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
           dr[b * H + j] += d * r;
         }
       }
-      at::mm_out(dh_next, dg_t.narrow(1, 0, 2 * H), w_rz);
+      product(dh_next, dg_t.narrow(1, 0, 2 * H), w_rz, lp_in, lp_out);
       add_into(dh_next, direct);
     }
     if (valid && (kind == LSTM || kind <= RNN_RELU)) {  // held rows: the gradient passes through
@@ -362,44 +426,46 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
 
   // weight gradients: one large GEMM over all steps, and a reduction for the bias
   at::Tensor dw = at::empty_like(w_hh);
-  const at::Tensor hprev_flat = hprev.reshape({steps * B, H});
+  const at::Tensor hprev_flat = operand(hprev.reshape({steps * B, H}), bf16);
   if (kind == GRU_BEFORE) {
     const at::Tensor dg_flat = d_gx.reshape({steps * B, GH});
     at::Tensor dw_rz = dw.narrow(0, 0, 2 * H), dw_n = dw.narrow(0, 2 * H, H);
-    at::mm_out(dw_rz, dg_flat.narrow(1, 0, 2 * H).t(), hprev_flat);
-    at::mm_out(dw_n, dg_flat.narrow(1, 2 * H, H).t(), third.reshape({steps * B, H}));
+    product(dw_rz, dg_flat.narrow(1, 0, 2 * H).t(), hprev_flat);
+    product(dw_n, dg_flat.narrow(1, 2 * H, H).t(), operand(third.reshape({steps * B, H}), bf16));
   } else {
-    at::mm_out(dw, d_gh.reshape({steps * B, GH}).t(), hprev_flat);
+    product(dw, d_gh.reshape({steps * B, GH}).t(), hprev_flat);
   }
   at::Tensor db = has_bias ? d_gh.sum({0, 1}) : at::empty({0}, opts);
   return {d_gx, dh, kind == LSTM ? dc : at::empty({0}, opts), dw, db};
 }
 
 std::vector<at::Tensor> forward(int64_t kind, at::Tensor gx, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor b_hh,
-                                at::Tensor valid, bool reverse, bool save) {
+                                at::Tensor valid, bool reverse, bool save, bool bf16) {
   FlushDenormals flush;
   at::NoGradGuard no_grad;
   gx = gx.contiguous(), h0 = h0.contiguous(), w_hh = w_hh.contiguous();
   if (c0.numel()) c0 = c0.contiguous();
   if (b_hh.numel()) b_hh = b_hh.contiguous();
   if (valid.numel()) valid = valid.contiguous();
+  TORCH_CHECK(!bf16 || gx.scalar_type() == at::kFloat, "rnnkit: bf16 mode needs float32 weights");
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnnkit_forward", [&] {
-    out = forward_impl<scalar_t>(kind, gx, h0, c0, w_hh, b_hh, valid, reverse, save);
+    out = forward_impl<scalar_t>(kind, gx, h0, c0, w_hh, b_hh, valid, reverse, save, bf16);
   });
   return out;
 }
 
 std::vector<at::Tensor> backward(int64_t kind, at::Tensor dy, at::Tensor dh_n, at::Tensor dc_n, at::Tensor acts,
                                  at::Tensor hprev, at::Tensor third, at::Tensor w_hh, at::Tensor valid, bool reverse,
-                                 bool has_bias) {
+                                 bool has_bias, bool bf16) {
   FlushDenormals flush;
   at::NoGradGuard no_grad;
   dy = dy.contiguous(), dh_n = dh_n.contiguous(), w_hh = w_hh.contiguous();
   if (dc_n.numel()) dc_n = dc_n.contiguous();
+  TORCH_CHECK(!bf16 || hprev.scalar_type() == at::kFloat, "rnnkit: bf16 mode needs float32 weights");
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "rnnkit_backward", [&] {
-    out = backward_impl<scalar_t>(kind, dy, dh_n, dc_n, acts, hprev, third, w_hh, valid, reverse, has_bias);
+    out = backward_impl<scalar_t>(kind, dy, dh_n, dc_n, acts, hprev, third, w_hh, valid, reverse, has_bias, bf16);
   });
   return out;
 }
