@@ -62,6 +62,34 @@ def test_native_equals_reference(name, reverse, lengths, bias, given_state, dtyp
 
 
 @pytest.mark.parametrize("name", RECURRENCES)
+def test_native_equals_reference_where_large_products_go_through_onednn(name):
+    """At a charLM's size (B=64, H=256) the float32 per-step products are past the kernel's
+    oneDNN threshold (``kOneDnnMinMacs``); lengths, bias, an initial state and reverse time."""
+    recurrence = {
+        "rnn-tanh": RNNRecurrence(256, "tanh"),
+        "rnn-relu": RNNRecurrence(256, "relu"),
+        "lstm": LSTMRecurrence(256),
+        "gru-reset-before": GRURecurrence(256, reset_after=False),
+        "gru-reset-after": GRURecurrence(256, reset_after=True),
+    }[name]
+    rows, batch, steps = recurrence.gate_count * 256, 64, 4
+    make = lambda *shape, scale=1.0: (torch.randn(*shape) * scale).requires_grad_()  # noqa: E731
+    weights = Weights(make(rows, I), make(rows, 256, scale=0.06), make(rows), make(rows))
+    x, h0 = make(steps, batch, I), make(batch, 256)
+    state = LSTMState(h0, make(batch, 256)) if name == "lstm" else h0
+    mask = (torch.arange(steps)[:, None] < torch.randint(1, steps + 1, (batch,))).unsqueeze(-1)
+    leaves = [x, h0, *weights] + ([state.c] if name == "lstm" else [])
+    results = []
+    for fn in (reference.run_direction, native.run_direction):
+        outputs = run(fn, recurrence, weights, x, state, mask, True)
+        probes = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i)) for i, o in enumerate(outputs)]
+        grads = torch.autograd.grad(sum((p * o).sum() for p, o in zip(probes, outputs)), leaves)
+        results.append(outputs + list(grads))
+    for k, (ours, oracle) in enumerate(zip(results[1], results[0])):
+        torch.testing.assert_close(ours, oracle, rtol=1e-4, atol=1e-4, msg=f"result {k}")
+
+
+@pytest.mark.parametrize("name", RECURRENCES)
 def test_native_gradcheck(name):
     recurrence = RECURRENCES[name]
     rows = recurrence.gate_count * H
@@ -281,3 +309,25 @@ def test_bf16_mode_is_off_for_float64_and_outside_autocast():
         assert native.bf16_mode(weight) and not native.bf16_mode(weight.double())
     with torch.autocast("cpu", dtype=torch.float16):
         assert not native.bf16_mode(weight)
+
+
+def test_large_buffers_are_reused_only_once_nothing_refers_to_them():
+    """The kernel keeps its large buffers (over 1 MiB) between calls to spare the page faults of
+    fresh memory; a buffer someone still holds is never handed out again, and what it hands out
+    is a plain tensor that can be modified in place."""
+    layer = LSTM(64, 256)
+    x = torch.randn(40, 32, 64)  # outputs of 1.3 MB
+    first, _ = layer(x)
+    kept = first.detach().clone()
+    second, _ = layer(2 * x)
+    assert rnnkit.last_backend() == "native"
+    assert first.data_ptr() != second.data_ptr()
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+    address = second.data_ptr()
+    del second
+    third, _ = layer(x)
+    assert third.data_ptr() == address, "the freed output's memory serves the next call"
+    torch.testing.assert_close(third, first, rtol=0, atol=0)
+    third.mul_(2)  # not a view of the pool's memory: in-place ops are allowed
+    third.sum().backward()
+    assert torch.isfinite(layer.weight_hh_l0.grad).all()
