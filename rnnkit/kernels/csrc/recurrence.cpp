@@ -199,10 +199,11 @@ void rows_of(const at::Tensor& view, const Fn& fn) {  // fn(row) for every row, 
 
 // Large float32 products go through oneDNN's matmul, the op behind torch's CPU linear fusion
 // (mkldnn::_linear_pointwise): on the AMD EPYC (Zen 5) host measured, MKL's sgemm took 224 us
-// for a charLM step's product (B=64, K=256, N=1024) and oneDNN 95 us; for small products MKL is
-// the faster (B=8, K=128, N=512: 14 against 17 us), hence the size threshold. Without the op
-// (a torch built without oneDNN), MKL does them all.
-constexpr int64_t kOneDnnMinMacs = int64_t(1) << 22;
+// for a charLM step's product (B=64, K=256, N=1024) and oneDNN 95 us (64x256x256: 48 against
+// 36 us; dW_hh of charLM: 17.4 against 13.6 ms); for small products MKL is the faster (B=8,
+// K=128, N=512: 14 against 19 us), hence the size threshold. Without the op (a torch built
+// without oneDNN), MKL does them all.
+constexpr int64_t kOneDnnMinMacs = int64_t(1) << 21;
 
 const c10::OperatorHandle* onednn_linear() {
   static const std::optional<c10::OperatorHandle> op =
@@ -256,7 +257,7 @@ inline void product(at::Tensor out, const at::Tensor& a, const at::Tensor& b, at
 // The same for a one-off product (no scratch kept): the weight gradients' GEMM after the loop.
 inline void product(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
   if (b.scalar_type() == out.scalar_type()) {
-    at::mm_out(out, a, b);
+    if (!onednn_product(out, a, b)) at::mm_out(out, a, b);
   } else {
     out.copy_(at::mm(a.to(b.scalar_type()), b));
   }
