@@ -47,6 +47,7 @@ def test_loss_falls_below_threshold_on_real_text(trained):
     assert result.last_eval["bits_per_char"] == pytest.approx(result.last_eval["val_loss"] / math.log(2))
 
 
+@pytest.mark.slow  # a few seconds with bf16 instructions (AVX512-BF16, AMX); minutes without them
 def test_bf16_training_curve_stays_within_one_percent_of_float32(trained, tmp_path):
     """The issue's check of bf16 mode (``--bf16``): the same 200 steps under CPU autocast give a
     training-loss curve within 1% of float32's (mean of each 20-step window, every window)."""

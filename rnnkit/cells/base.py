@@ -184,7 +184,10 @@ class Cell(nn.Module):
 
     @property
     def weights(self) -> Weights:
-        return Weights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        # from the parameter dict: four Module.__getattr__ lookups cost about 1.4 us of a 19 us
+        # generation step (without bias, bias_ih and bias_hh are plain None attributes)
+        params = self._parameters
+        return Weights(params["weight_ih"], params["weight_hh"], params.get("bias_ih"), params.get("bias_hh"))
 
     def reset_parameters(self) -> None:
         init_weights_(self.weights, self.recurrence, self.init)
