@@ -61,6 +61,44 @@ def test_native_equals_reference(name, reverse, lengths, bias, given_state, dtyp
         torch.testing.assert_close(ours, oracle, **tol, msg=f"result {k}")
 
 
+def native_against_reference(recurrence, batch, steps, dtype, w_hh_scale=0.5):
+    """Forward, final state and every gradient of both backends (lengths, bias, initial state,
+    reverse time), as two lists in the same order."""
+    rows, hidden = recurrence.gate_count * recurrence.hidden_size, recurrence.hidden_size
+    make = lambda *shape, scale=1.0: (torch.randn(*shape, dtype=dtype) * scale).requires_grad_()  # noqa: E731
+    weights = Weights(make(rows, I), make(rows, hidden, scale=w_hh_scale), make(rows), make(rows))
+    x, h0 = make(steps, batch, I), make(batch, hidden)
+    state = LSTMState(h0, make(batch, hidden)) if isinstance(recurrence, LSTMRecurrence) else h0
+    mask = (torch.arange(steps)[:, None] < torch.randint(1, steps + 1, (batch,))).unsqueeze(-1)
+    leaves = [x, h0, *weights] + ([state.c] if isinstance(recurrence, LSTMRecurrence) else [])
+    results = []
+    for fn in (reference.run_direction, native.run_direction):
+        outputs = run(fn, recurrence, weights, x, state, mask, True)
+        probes = [torch.randn(o.shape, dtype=dtype, generator=torch.Generator().manual_seed(i)) for i, o in enumerate(outputs)]
+        grads = torch.autograd.grad(sum((p * o).sum() for p, o in zip(probes, outputs)), leaves)
+        results.append(outputs + list(grads))
+    return results[1], results[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("name", RECURRENCES)
+def test_native_equals_reference_through_every_tile_of_the_small_product(name, dtype):
+    """Small per-step products run on the kernel's register tiles (``small_product``): 13
+    sequences take a tile of 8 rows, one of 4 and one of 1; H=40 gives full column tiles and a
+    remainder in both float32 (32 columns a tile) and float64 (16)."""
+    recurrence = {
+        "rnn-tanh": RNNRecurrence(40, "tanh"),
+        "rnn-relu": RNNRecurrence(40, "relu"),
+        "lstm": LSTMRecurrence(40),
+        "gru-reset-before": GRURecurrence(40, reset_after=False),
+        "gru-reset-after": GRURecurrence(40, reset_after=True),
+    }[name]
+    ours, oracle = native_against_reference(recurrence, batch=13, steps=5, dtype=dtype, w_hh_scale=0.15)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
+    for k, (a, b) in enumerate(zip(ours, oracle)):
+        torch.testing.assert_close(a, b, **tol, msg=f"result {k}")
+
+
 @pytest.mark.parametrize("name", RECURRENCES)
 def test_native_equals_reference_where_large_products_go_through_onednn(name):
     """At a charLM's size (B=64, H=256) the float32 per-step products are past the kernel's
@@ -72,20 +110,8 @@ def test_native_equals_reference_where_large_products_go_through_onednn(name):
         "gru-reset-before": GRURecurrence(256, reset_after=False),
         "gru-reset-after": GRURecurrence(256, reset_after=True),
     }[name]
-    rows, batch, steps = recurrence.gate_count * 256, 64, 4
-    make = lambda *shape, scale=1.0: (torch.randn(*shape) * scale).requires_grad_()  # noqa: E731
-    weights = Weights(make(rows, I), make(rows, 256, scale=0.06), make(rows), make(rows))
-    x, h0 = make(steps, batch, I), make(batch, 256)
-    state = LSTMState(h0, make(batch, 256)) if name == "lstm" else h0
-    mask = (torch.arange(steps)[:, None] < torch.randint(1, steps + 1, (batch,))).unsqueeze(-1)
-    leaves = [x, h0, *weights] + ([state.c] if name == "lstm" else [])
-    results = []
-    for fn in (reference.run_direction, native.run_direction):
-        outputs = run(fn, recurrence, weights, x, state, mask, True)
-        probes = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i)) for i, o in enumerate(outputs)]
-        grads = torch.autograd.grad(sum((p * o).sum() for p, o in zip(probes, outputs)), leaves)
-        results.append(outputs + list(grads))
-    for k, (ours, oracle) in enumerate(zip(results[1], results[0])):
+    results = native_against_reference(recurrence, batch=64, steps=4, dtype=torch.float32, w_hh_scale=0.06)
+    for k, (ours, oracle) in enumerate(zip(*results)):
         torch.testing.assert_close(ours, oracle, rtol=1e-4, atol=1e-4, msg=f"result {k}")
 
 

@@ -120,17 +120,19 @@ void lstm_grad_row(const T* __restrict a, const T* __restrict cprev, T* __restri
   }
 }
 
-template <typename T>
-void gru_gates_row(const T* __restrict x, const T* __restrict g, const T* __restrict bias, T* __restrict a,
-                   const T* __restrict h, T* __restrict extra, int64_t H, bool reset_after) {
+// The variant is a template argument so that each loop is branch-free and vectorises (with the
+// branches inside, the reset-after pass took more time than the step's GEMM on small-ts).
+template <typename T, bool kResetAfter, bool kSaveExtra>
+void gru_gates_loop(const T* __restrict x, const T* __restrict g, const T* __restrict bias, T* __restrict a,
+                    const T* __restrict h, T* __restrict extra, int64_t H) {
   // g = W_hh h (reset after: all three blocks; before: r and z); x = W_ih x_t + b_ih
   for (int64_t j = 0; j < H; ++j) {
     const T r = sigmoid(x[j] + g[j] + bias[j]), z = sigmoid(x[H + j] + g[H + j] + bias[H + j]);
     a[j] = r, a[H + j] = z;
-    if (reset_after) {
+    if constexpr (kResetAfter) {
       const T ghn = g[2 * H + j] + bias[2 * H + j];  // W_hn h + b_hn
       a[2 * H + j] = tanh_fn(x[2 * H + j] + r * ghn);
-      if (extra) extra[j] = ghn;
+      if constexpr (kSaveExtra) extra[j] = ghn;
     } else {
       a[2 * H + j] = r * h[j];  // r ⊙ h, the input of the candidate's GEMM
     }
@@ -138,13 +140,20 @@ void gru_gates_row(const T* __restrict x, const T* __restrict g, const T* __rest
 }
 
 template <typename T>
+void gru_gates_row(const T* x, const T* g, const T* bias, T* a, const T* h, T* extra, int64_t H, bool reset_after) {
+  if (!reset_after) gru_gates_loop<T, false, false>(x, g, bias, a, h, nullptr, H);
+  else if (extra) gru_gates_loop<T, true, true>(x, g, bias, a, h, extra, H);
+  else gru_gates_loop<T, true, false>(x, g, bias, a, h, nullptr, H);
+}
+
+template <typename T>
 void gru_update_row(const T* __restrict a, T* __restrict h, T* __restrict out, int64_t H) {
   for (int64_t j = 0; j < H; ++j) out[j] = h[j] = (T(1) - a[H + j]) * h[j] + a[H + j] * a[2 * H + j];  // (1-z) h + z h~
 }
 
-template <typename T>
-void gru_grad_row(const T* __restrict a, const T* __restrict hprev, const T* __restrict ghn, const T* __restrict dh,
-                  T* __restrict dg, T* __restrict dgh, T* __restrict direct, int64_t H, bool reset_after) {
+template <typename T, bool kResetAfter>
+void gru_grad_loop(const T* __restrict a, const T* __restrict hprev, const T* __restrict ghn, const T* __restrict dh,
+                   T* __restrict dg, T* __restrict dgh, T* __restrict direct, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     const T r = a[j], z = a[H + j], n = a[2 * H + j];
     const T dz = dh[j] * (n - hprev[j]);
@@ -152,13 +161,19 @@ void gru_grad_row(const T* __restrict a, const T* __restrict hprev, const T* __r
     direct[j] = dh[j] * (T(1) - z);
     dg[H + j] = dz * z * (T(1) - z);
     dg[2 * H + j] = dan;
-    if (reset_after) {
+    if constexpr (kResetAfter) {
       const T dar = dan * ghn[j] * r * (T(1) - r);
       dg[j] = dgh[j] = dar;
       dgh[H + j] = dg[H + j];
       dgh[2 * H + j] = dan * r;
     }
   }
+}
+
+template <typename T>
+void gru_grad_row(const T* a, const T* hprev, const T* ghn, const T* dh, T* dg, T* dgh, T* direct, int64_t H, bool reset_after) {
+  if (reset_after) gru_grad_loop<T, true>(a, hprev, ghn, dh, dg, dgh, direct, H);
+  else gru_grad_loop<T, false>(a, hprev, ghn, dh, dg, nullptr, direct, H);
 }
 
 // Run fn(b) for every batch row, split across torch's intra-op threads when the step has
@@ -225,11 +240,77 @@ inline bool onednn_product(at::Tensor& out, const at::Tensor& a, const at::Tenso
   return true;
 }
 
+// Small products (a step's for small-ts and long-seq: 0.1-0.5 M multiply-adds) by a register
+// tile of our own: MKL packs the whole of b on every call (on long-seq, 13% of a training step
+// went to its packing routine and 30% to its kernel) and its call costs more than the arithmetic.
+// out (M, N) = a (M, K) b (K, N), rows contiguous, leading dimensions lda, ldb, ldo. A tile of
+// ROWS x kTileCols accumulators stays in registers while k runs; each row of b is read once per
+// tile, straight from the cache, never copied. Column tiles are split across threads when the
+// product is large enough.
+constexpr int64_t kTileBytes = 128;  // a tile's row: two AVX-512 vectors
+
+template <typename T, int64_t ROWS>
+void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t lda, const T* __restrict b, int64_t ldb,
+                  int64_t K, int64_t cols) {
+  constexpr int64_t kCols = kTileBytes / sizeof(T);
+  T acc[ROWS][kCols] = {};
+  if (cols == kCols) {  // the common case: fixed bounds, fully unrolled
+    for (int64_t k = 0; k < K; ++k) {
+      const T* br = b + k * ldb;
+      for (int64_t i = 0; i < ROWS; ++i) {
+        const T av = a[i * lda + k];
+#pragma omp simd
+        for (int64_t j = 0; j < kCols; ++j) acc[i][j] += av * br[j];
+      }
+    }
+  } else {  // the last columns
+    for (int64_t k = 0; k < K; ++k) {
+      const T* br = b + k * ldb;
+      for (int64_t i = 0; i < ROWS; ++i) {
+        const T av = a[i * lda + k];
+        for (int64_t j = 0; j < cols; ++j) acc[i][j] += av * br[j];
+      }
+    }
+  }
+  for (int64_t i = 0; i < ROWS; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[i * ldo + j] = acc[i][j];
+}
+
+template <typename T>
+void small_product(T* out, int64_t ldo, const T* a, int64_t lda, const T* b, int64_t ldb, int64_t M, int64_t K, int64_t N) {
+  constexpr int64_t kCols = kTileBytes / sizeof(T);
+  const int64_t tiles = (N + kCols - 1) / kCols;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, M * K * kCols));
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    FlushDenormals flush;
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t n0 = tile * kCols, cols = std::min(kCols, N - n0);
+      int64_t m = 0;
+      for (; m + 8 <= M; m += 8) product_tile<T, 8>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols);
+      for (; m + 4 <= M; m += 4) product_tile<T, 4>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols);
+      for (; m < M; ++m) product_tile<T, 1>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols);
+    }
+  });
+}
+
+// out = a b by small_product; false if it does not apply (a large product, or rows not contiguous).
+inline bool small_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (a.size(0) * a.size(1) * b.size(1) >= kOneDnnMinMacs || out.scalar_type() != b.scalar_type() ||
+      a.scalar_type() != b.scalar_type() || a.stride(1) != 1 || b.stride(1) != 1 || out.stride(1) != 1) {
+    return false;
+  }
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkit_small_product", [&] {
+    small_product<scalar_t>(out.data_ptr<scalar_t>(), out.stride(0), a.data_ptr<scalar_t>(), a.stride(0),
+                            b.data_ptr<scalar_t>(), b.stride(0), a.size(0), a.size(1), b.size(1));
+  });
+  return true;
+}
+
 // out = a b. If b is bf16 (bf16 mode) and out is float: a is rounded to bf16 into scratch_in,
 // the GEMM writes bf16 into scratch_out, which is widened into out. Otherwise one GEMM into out.
 inline void product(at::Tensor out, const at::Tensor& a, const at::Tensor& b, at::Tensor& scratch_in, at::Tensor& scratch_out) {
   if (b.scalar_type() == out.scalar_type()) {
-    if (!onednn_product(out, a, b)) at::mm_out(out, a, b);
+    if (!small_product(out, a, b) && !onednn_product(out, a, b)) at::mm_out(out, a, b);
     return;
   }
   TORCH_CHECK(a.stride(1) == 1 && out.stride(1) == 1, "rnnkit: bf16 product needs row-major operands");
