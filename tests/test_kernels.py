@@ -18,13 +18,19 @@ from rnnkit.cells import GRURecurrence, LSTMRecurrence, LSTMState, RNNRecurrence
 from rnnkit.kernels import STEP_MAX_BATCH, native, reference, use_backend
 
 T, B, I, H = 7, 5, 3, 4
-RECURRENCES = {
-    "rnn-tanh": RNNRecurrence(H, "tanh"),
-    "rnn-relu": RNNRecurrence(H, "relu"),
-    "lstm": LSTMRecurrence(H),
-    "gru-reset-before": GRURecurrence(H, reset_after=False),
-    "gru-reset-after": GRURecurrence(H, reset_after=True),
-}
+
+
+def make_recurrence(name, hidden):
+    return {
+        "rnn-tanh": lambda: RNNRecurrence(hidden, "tanh"),
+        "rnn-relu": lambda: RNNRecurrence(hidden, "relu"),
+        "lstm": lambda: LSTMRecurrence(hidden),
+        "gru-reset-before": lambda: GRURecurrence(hidden, reset_after=False),
+        "gru-reset-after": lambda: GRURecurrence(hidden, reset_after=True),
+    }[name]()
+
+
+RECURRENCES = {name: make_recurrence(name, H) for name in ("rnn-tanh", "rnn-relu", "lstm", "gru-reset-before", "gru-reset-after")}
 
 
 def test_the_kernel_builds_here():
@@ -86,13 +92,7 @@ def test_native_equals_reference_through_every_tile_of_the_small_product(name, d
     """Small per-step products run on the kernel's register tiles (``small_product``): 13
     sequences take a tile of 8 rows, one of 4 and one of 1; H=40 gives full column tiles and a
     remainder in both float32 (32 columns a tile) and float64 (16)."""
-    recurrence = {
-        "rnn-tanh": RNNRecurrence(40, "tanh"),
-        "rnn-relu": RNNRecurrence(40, "relu"),
-        "lstm": LSTMRecurrence(40),
-        "gru-reset-before": GRURecurrence(40, reset_after=False),
-        "gru-reset-after": GRURecurrence(40, reset_after=True),
-    }[name]
+    recurrence = make_recurrence(name, 40)
     ours, oracle = native_against_reference(recurrence, batch=13, steps=5, dtype=dtype, w_hh_scale=0.15)
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
     for k, (a, b) in enumerate(zip(ours, oracle)):
@@ -103,13 +103,7 @@ def test_native_equals_reference_through_every_tile_of_the_small_product(name, d
 def test_native_equals_reference_where_large_products_go_through_onednn(name):
     """At a charLM's size (B=64, H=256) the float32 per-step products are past the kernel's
     oneDNN threshold (``kOneDnnMinMacs``); lengths, bias, an initial state and reverse time."""
-    recurrence = {
-        "rnn-tanh": RNNRecurrence(256, "tanh"),
-        "rnn-relu": RNNRecurrence(256, "relu"),
-        "lstm": LSTMRecurrence(256),
-        "gru-reset-before": GRURecurrence(256, reset_after=False),
-        "gru-reset-after": GRURecurrence(256, reset_after=True),
-    }[name]
+    recurrence = make_recurrence(name, 256)
     results = native_against_reference(recurrence, batch=64, steps=4, dtype=torch.float32, w_hh_scale=0.06)
     for k, (ours, oracle) in enumerate(zip(*results)):
         torch.testing.assert_close(ours, oracle, rtol=1e-4, atol=1e-4, msg=f"result {k}")
