@@ -84,7 +84,7 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
     best.add_argument("--no-restore-best", dest="restore_best", action="store_false", help="save the last weights")
     group.add_argument(
         "--bf16", action="store_true",
-        help="bf16 mixed precision on CPU: the GEMMs run in bf16, weights, state and optimizer stay float32",
+        help="bf16 mixed precision (autocast): the GEMMs run in bf16, weights, state and optimizer stay float32",
     )  # fmt: skip
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -206,7 +206,8 @@ class Trainer:
         self.carry_batch = batch.size
         self.model.train()
         self.task.step = self.step
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):  # the weights stay float32
+        # bf16 mixed precision on the model's device; the weights and the optimizer stay float32
+        with torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=config.bf16):
             loss, carry = self.task.loss(self.train_model, batch.data, self.carry)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # always, so that every rank joins the gradient all-reduce
