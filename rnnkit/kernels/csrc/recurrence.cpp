@@ -306,11 +306,17 @@ inline bool small_product(at::Tensor& out, const at::Tensor& a, const at::Tensor
   return true;
 }
 
+// out = a b in the operands' own precision: our tiles for small products, oneDNN for large
+// float32 ones, else MKL.
+inline void same_precision_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (!small_product(out, a, b) && !onednn_product(out, a, b)) at::mm_out(out, a, b);
+}
+
 // out = a b. If b is bf16 (bf16 mode) and out is float: a is rounded to bf16 into scratch_in,
 // the GEMM writes bf16 into scratch_out, which is widened into out. Otherwise one GEMM into out.
 inline void product(at::Tensor out, const at::Tensor& a, const at::Tensor& b, at::Tensor& scratch_in, at::Tensor& scratch_out) {
   if (b.scalar_type() == out.scalar_type()) {
-    if (!small_product(out, a, b) && !onednn_product(out, a, b)) at::mm_out(out, a, b);
+    same_precision_product(out, a, b);
     return;
   }
   TORCH_CHECK(a.stride(1) == 1 && out.stride(1) == 1, "rnnkit: bf16 product needs row-major operands");
@@ -338,7 +344,7 @@ inline void product(at::Tensor out, const at::Tensor& a, const at::Tensor& b, at
 // The same for a one-off product (no scratch kept): the weight gradients' GEMM after the loop.
 inline void product(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
   if (b.scalar_type() == out.scalar_type()) {
-    if (!onednn_product(out, a, b)) at::mm_out(out, a, b);
+    same_precision_product(out, a, b);
   } else {
     out.copy_(at::mm(a.to(b.scalar_type()), b));
   }
