@@ -431,7 +431,8 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
     run_script(tmp_path / "one", "--steps", "12", "--batch-size", "8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT, str(tmp_path / "two")]
-    subprocess.run([*command, "--steps", "12", "--batch-size", "8"], check=True, capture_output=True, env=env, timeout=300)
+    done = subprocess.run([*command, "--steps", "12", "--batch-size", "8"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]  # torchrun's own message, not just its exit status
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-5)
