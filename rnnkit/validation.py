@@ -28,30 +28,37 @@ def check_features(name: str, x: Tensor, expected: int, param: Tensor) -> None:
 
 def check_state_tensors(name: str, state: Any, expected_shape: tuple[int, ...], like: Tensor) -> None:
     """Check every tensor of a state (a tensor, or a tuple such as ``(h, c)``)."""
-    parts = state if isinstance(state, tuple) else (state,)
-    for i, part in enumerate(parts):
-        label = f"{name}[{i}]" if isinstance(state, tuple) else name
+    is_tuple = isinstance(state, tuple)
+    dtype, device = like.dtype, like.device
+    for i, part in enumerate(state if is_tuple else (state,)):
+        # the checks run on every cell call (the generation loop): labels are built only for errors
         if not isinstance(part, Tensor):
-            raise TypeError(f"{label} must be a torch.Tensor, got {type(part).__name__}")
-        if tuple(part.shape) != expected_shape:
-            raise ValueError(f"{label} must have shape {expected_shape}, got {tuple(part.shape)}")
-        if part.dtype != like.dtype:
-            raise TypeError(f"{label} has dtype {part.dtype} but the input has {like.dtype}")
-        if part.device != like.device:
-            raise ValueError(f"{label} is on {part.device} but the input is on {like.device}")
+            raise TypeError(f"{_label(name, i, is_tuple)} must be a torch.Tensor, got {type(part).__name__}")
+        if part.shape != expected_shape:
+            raise ValueError(f"{_label(name, i, is_tuple)} must have shape {tuple(expected_shape)}, got {tuple(part.shape)}")
+        if part.dtype != dtype:
+            raise TypeError(f"{_label(name, i, is_tuple)} has dtype {part.dtype} but the input has {dtype}")
+        if part.device != device:
+            raise ValueError(f"{_label(name, i, is_tuple)} is on {part.device} but the input is on {device}")
 
 
-def check_cell_input(cell: Any, x: Any, state: Any) -> bool:
-    """Validate a cell call; returns whether ``x`` is unbatched ``(I,)``."""
+def _label(name: str, index: int, is_tuple: bool) -> str:
+    return f"{name}[{index}]" if is_tuple else name
+
+
+def check_cell_input(cell: Any, x: Any, state: Any, weight_ih: Tensor) -> tuple[bool, Any]:
+    """Validate a cell call: ``(unbatched, state)``, whether ``x`` is ``(I,)`` and the state
+    as the cell's recurrence types it (None stays None)."""
     x = check_tensor("x", x)
-    if x.dim() not in (1, 2):
-        raise ValueError(f"x must be 1-D (input_size,) or 2-D (batch, input_size), got shape {tuple(x.shape)}")
-    check_features("x", x, cell.input_size, cell.weight_ih)
+    shape = x.shape
+    if len(shape) not in (1, 2):
+        raise ValueError(f"x must be 1-D (input_size,) or 2-D (batch, input_size), got shape {tuple(shape)}")
+    check_features("x", x, cell.input_size, weight_ih)
     if state is not None:
         state = cell.recurrence.as_state(state)
-        expected = (cell.hidden_size,) if x.dim() == 1 else (x.shape[0], cell.hidden_size)
+        expected = (shape[0], cell.hidden_size) if len(shape) == 2 else (cell.hidden_size,)
         check_state_tensors("state", state, expected, x)
-    return x.dim() == 1
+    return len(shape) == 1, state
 
 
 def check_lengths(lengths: Any, batch: int, steps: int) -> Tensor:

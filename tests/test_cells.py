@@ -196,22 +196,35 @@ def test_torch_and_identity_init():
 # -- bad input ----------------------------------------------------------------------------------------
 
 
-def test_cell_bad_input():
-    cell = LSTMCell(3, 4)
-    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
-        cell([1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match=r"x must be 1-D .* got shape \(2, 5, 3\)"):
-        cell(torch.randn(2, 5, 3))
-    with pytest.raises(ValueError, match=r"x must have 3 features .* got shape \(2, 5\)"):
-        cell(torch.randn(2, 5))
-    with pytest.raises(TypeError, match="x has dtype torch.float64"):
-        cell(torch.randn(2, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"state\[1\] must have shape \(2, 4\), got \(2, 5\)"):
-        cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(2, 5)))
-    with pytest.raises(TypeError, match="LSTM state must be a pair"):
-        cell(torch.randn(2, 3), torch.zeros(2, 4))
-    with pytest.raises(TypeError, match=r"state has dtype torch.float64"):
-        GRUCell(3, 4)(torch.randn(2, 3), torch.zeros(2, 4, dtype=torch.float64))
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no-grad"])
+def test_cell_bad_input(grad):
+    """With gradients off and a state given, a call first goes to the native single step,
+    which declines arguments that do not fit; the errors are the same as with autograd."""
+    cell, state = LSTMCell(3, 4), (torch.zeros(2, 4), torch.zeros(2, 4))
+    with torch.set_grad_enabled(grad):
+        with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+            cell([1.0, 2.0, 3.0], state)
+        with pytest.raises(ValueError, match=r"x must be 1-D .* got shape \(2, 5, 3\)"):
+            cell(torch.randn(2, 5, 3), state)
+        with pytest.raises(ValueError, match=r"x must have 3 features .* got shape \(2, 5\)"):
+            cell(torch.randn(2, 5), state)
+        with pytest.raises(TypeError, match="x has dtype torch.float64"):
+            cell(torch.randn(2, 3, dtype=torch.float64), state)
+        with pytest.raises(ValueError, match=r"state\[1\] must have shape \(2, 4\), got \(2, 5\)"):
+            cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(2, 5)))
+        with pytest.raises(ValueError, match=r"state\[0\] must have shape \(2, 4\), got \(3, 4\)"):
+            cell(torch.randn(2, 3), (torch.zeros(3, 4), torch.zeros(2, 4)))
+        with pytest.raises(TypeError, match=r"state\[1\] must be a torch.Tensor, got list"):
+            cell(torch.randn(2, 3), (torch.zeros(2, 4), [0.0] * 4))
+        with pytest.raises(TypeError, match="LSTM state must be a pair"):
+            cell(torch.randn(2, 3), torch.zeros(2, 4))
+        with pytest.raises(TypeError, match=r"state has dtype torch.float64"):
+            GRUCell(3, 4)(torch.randn(2, 3), torch.zeros(2, 4, dtype=torch.float64))
+        with pytest.raises(ValueError, match=r"state must have shape \(2, 4\), got \(2, 3\)"):
+            RNNCell(3, 4)(torch.randn(2, 3), torch.zeros(2, 3))
+
+
+def test_cell_construction_bad_input():
     with pytest.raises(ValueError, match="hidden_size must be a positive integer, got 0"):
         GRUCell(3, 0)
     with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"):

@@ -222,8 +222,9 @@ def test_single_step_equals_reference(name, bias, batch, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("name", CELLS)
 def test_single_step_equals_reference_at_sizes_past_the_vector_width(name, dtype):
-    """The single step's products take weight rows 8 at a time over vectorised inner loops: at
-    H=37, I=19 every block, the leftover rows and the loops' tails run (fp64 to 1e-10)."""
+    """The single step's float32 products take weight rows 16 at a time, 16 columns per vector,
+    split across threads: at H=37, I=19 every block, the leftover rows and columns run (fp64 to
+    1e-10, fp32 to 2e-5)."""
     cell = {
         "rnn-tanh": RNNCell(19, 37), "rnn-relu": RNNCell(19, 37, nonlinearity="relu"), "lstm": LSTMCell(19, 37),
         "gru-reset-before": GRUCell(19, 37), "gru-reset-after": GRUCell(19, 37, reset_after=True),
@@ -271,6 +272,49 @@ def test_one_step_sequences_take_the_single_step_in_inference(name):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     layer(x, hx)
     assert rnnkit.last_backend() == "native", "with autograd, the sequence kernel"
+
+
+def test_single_step_kernel_declines_arguments_that_do_not_fit():
+    """The kernel's single step checks its arguments itself (the cell's fast path relies on it,
+    and it must never read out of bounds): a valid call runs, and each misfit gives an empty
+    result, never a wrong one."""
+    step = native.extension().step
+    x, h, c = torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 4)
+    w_ih, w_hh, b = torch.randn(16, 3), torch.randn(16, 4), torch.randn(16)
+    good = {"kind": native.LSTM, "x": x, "h": h, "c": c, "w_ih": w_ih, "b_ih": b, "w_hh": w_hh, "b_hh": b, "max_batch": 8}
+    assert len(step(*good.values())) == 2
+    misfits = {
+        "batch over the limit": {"max_batch": 1},
+        "x 1-D": {"x": x[0]},
+        "x features": {"x": torch.randn(2, 5)},
+        "x dtype": {"x": x.double()},
+        "x integer": {"x": x.int()},
+        "h batch": {"h": torch.randn(3, 4)},
+        "h size": {"h": torch.randn(2, 5)},
+        "c size": {"c": torch.randn(2, 5)},
+        "c missing": {"c": torch.empty(0)},
+        "c dtype": {"c": c.double()},
+        "w_ih rows": {"w_ih": torch.randn(12, 3)},
+        "w_hh rows": {"w_hh": torch.randn(12, 4)},
+        "w_hh dtype": {"w_hh": w_hh.double()},
+        "b_ih size": {"b_ih": torch.randn(15)},
+        "b_hh 2-D": {"b_hh": torch.randn(16, 1)},
+        "b_hh dtype": {"b_hh": b.double()},
+        "kind": {"kind": 7},
+    }
+    for what, change in misfits.items():
+        assert step(*{**good, **change}.values()) == [], what
+    gru = {
+        **good,
+        "kind": native.GRU_AFTER,
+        "c": torch.empty(0),
+        "w_ih": w_ih[:12],
+        "w_hh": w_hh[:12],
+        "b_ih": b[:12],
+        "b_hh": b[:12],
+    }
+    assert len(step(*gru.values())) == 2
+    assert step(*{**gru, "w_hh": w_hh}.values()) == [], "a GRU has 3 gate blocks, not 4"
 
 
 BF16_LAYERS = {

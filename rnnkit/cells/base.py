@@ -21,6 +21,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from rnnkit.validation import check_cell_input
+
 #: A cell's recurrent state: a tensor ``(N, H)`` (RNN, GRU) or an ``LSTMState(h, c)``.
 State = Any
 
@@ -193,18 +195,19 @@ class Cell(nn.Module):
         init_weights_(self.weights, self.recurrence, self.init)
 
     def forward(self, x: Tensor, state: State = None) -> tuple[Tensor, State]:
-        from rnnkit import kernels
-        from rnnkit.validation import check_cell_input
+        from rnnkit import kernels  # here: rnnkit.kernels imports this module
 
-        unbatched = check_cell_input(self, x, state)
+        weights = self.weights
+        fast = kernels.fast_step(self.recurrence, weights, x, state)  # the generation loop's call
+        if fast is not None:
+            return fast
+        unbatched, state = check_cell_input(self, x, state, weights.weight_ih)
         if unbatched:
             x = x.unsqueeze(0)
             state = None if state is None else map_state(lambda t: t.unsqueeze(0), state)
         if state is None:
             state = self.recurrence.zero_state(x.shape[0], dtype=x.dtype, device=x.device)
-        else:
-            state = self.recurrence.as_state(state)
-        h, state = kernels.step(self.recurrence, self.weights, x, state)
+        h, state = kernels.step(self.recurrence, weights, x, state)
         if unbatched:
             h, state = h.squeeze(0), map_state(lambda t: t.squeeze(0), state)
         return h, state

@@ -49,6 +49,8 @@ class LSTMRecurrence(Recurrence):
         return LSTMState(zeros, zeros)
 
     def as_state(self, hx: Any) -> LSTMState:
+        if type(hx) is LSTMState:
+            return hx
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError(f"LSTM state must be a pair (h, c) of tensors, got {type(hx).__name__}")
         return LSTMState(*hx)

@@ -33,6 +33,7 @@ BACKENDS = ("auto", "native", "reference")
 #: The single-step path serves up to this many sequences; larger batches amortise a GEMM's
 #: dispatch, and the native sequence kernel (or the reference) serves them better.
 STEP_MAX_BATCH = 8
+_NATIVE_DTYPES = (torch.float32, torch.float64)
 _forced = os.environ.get("RNNKIT_BACKEND", "auto")
 _last_backend = "none"
 
@@ -53,7 +54,7 @@ def use_backend(name: str) -> Iterator[None]:
 def _use_native(recurrence: Recurrence, x: Tensor) -> bool:
     if _forced not in BACKENDS:
         raise ValueError(f"RNNKIT_BACKEND must be one of {', '.join(BACKENDS)}, got {_forced!r}")
-    fits_native = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and native.kind_of(recurrence) is not None
+    fits_native = x.is_cpu and x.dtype in _NATIVE_DTYPES and native.kind_of(recurrence) is not None
     if _forced == "native" and not (fits_native and native.available()):
         raise ValueError("the native backend was requested but cannot run here (CPU float32/float64 and a built kernel needed)")
     return _forced != "reference" and fits_native and native.available()
@@ -77,13 +78,32 @@ def select(recurrence: Recurrence, x: Tensor) -> tuple[str, Callable[..., Any]]:
     return _last_backend, native.run_direction
 
 
+def fast_step(recurrence: Recurrence, weights: Weights, x: Any, state: Any) -> tuple[Tensor, State] | None:
+    """A cell call by the native single step, before any Python validation, or None.
+
+    With gradients off, a batched ``x (N, I)`` of at most :data:`STEP_MAX_BATCH` sequences and
+    a given state (the generation loop's call), the kernel checks the arguments itself and runs
+    them; anything else (autograd, an unbatched or large input, no state, a forced reference
+    backend, arguments that do not fit) gives None and the cell takes :func:`step`'s path,
+    which validates and reports. Both paths compute the same step."""
+    global _last_backend
+    if torch.is_grad_enabled() or state is None or _forced not in ("auto", "native") or not native.available():
+        return None
+    out = native.run_step(recurrence, weights, x, state, STEP_MAX_BATCH)
+    if out is not None:
+        _last_backend = "native-step"
+    return out
+
+
 def step(recurrence: Recurrence, weights: Weights, x: Tensor, state: State) -> tuple[Tensor, State]:
-    """One step of a cell, ``x (N, I)`` -> ``(h_t (N, H), new_state)``, by the native single
-    step when it applies (see :data:`STEP_MAX_BATCH`), else by the reference equations."""
+    """One step of a cell, ``x (N, I)`` -> ``(h_t (N, H), new_state)``, validated: by the native
+    single step when it applies (see :data:`STEP_MAX_BATCH`), else by the reference equations."""
     global _last_backend
     if _single_step(x) and _use_native(recurrence, x):
-        _last_backend = "native-step"
-        return native.run_step(recurrence, weights, x, state)
+        out = native.run_step(recurrence, weights, x, state, STEP_MAX_BATCH)
+        if out is not None:  # a validated step fits the kernel
+            _last_backend = "native-step"
+            return out
     _last_backend = "reference"
     return reference.step(recurrence, weights, x, state)
 
@@ -94,4 +114,4 @@ def last_backend() -> str:
     return _last_backend
 
 
-__all__ = ["STEP_MAX_BATCH", "last_backend", "native", "reference", "select", "step", "use_backend"]
+__all__ = ["STEP_MAX_BATCH", "fast_step", "last_backend", "native", "reference", "select", "step", "use_backend"]

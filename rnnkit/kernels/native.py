@@ -27,6 +27,7 @@ from rnnkit.cells.base import Recurrence, State, Weights
 from rnnkit.cells.gru import GRURecurrence
 from rnnkit.cells.lstm import LSTMRecurrence, LSTMState
 from rnnkit.cells.rnn import RNNRecurrence
+from rnnkit.kernels import reference
 
 SOURCE = Path(__file__).parent / "csrc" / "recurrence.cpp"
 RNN_TANH, RNN_RELU, LSTM, GRU_BEFORE, GRU_AFTER = range(5)
@@ -134,22 +135,37 @@ def bf16_mode(weight: Tensor) -> bool:
     )
 
 
-def run_step(recurrence: Recurrence, weights: Weights, x: Tensor, state: State) -> tuple[Tensor, State]:
+def run_step(recurrence: Recurrence, weights: Weights, x: Tensor, state: Any, max_batch: int) -> tuple[Tensor, State] | None:
     """Same contract as :func:`rnnkit.kernels.reference.step`, without autograd: one kernel
-    call does both products and the gate pass (the inference loop's latency path)."""
-    kind = kind_of(recurrence)
-    h, c = (state.h, state.c) if kind == LSTM else (state, _EMPTY)
-    b_ih = _EMPTY if weights.bias_ih is None else weights.bias_ih
-    b_hh = _EMPTY if weights.bias_hh is None else weights.bias_hh
-    h, c = extension().step(kind, x, h, c, weights.weight_ih, b_ih, weights.weight_hh, b_hh)
-    return h, (LSTMState(h, c) if kind == LSTM else h)
+    call does both products and the gate pass (the inference loop's latency path). ``x`` is
+    ``(N, I)`` with ``N <= max_batch`` and ``state`` a tensor ``(N, H)`` or, for the LSTM, a pair
+    ``(h, c)``. Returns None when the arguments do not fit that: the kernel checks them (cheaply,
+    in C++) so that a valid call needs no Python validation; the caller validates the rest and
+    reports what is wrong."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    b_ih, b_hh = _EMPTY if b_ih is None else b_ih, _EMPTY if b_hh is None else b_hh
+    if not isinstance(x, Tensor):
+        return None
+    if type(recurrence) is LSTMRecurrence:
+        if not (isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], Tensor) and isinstance(state[1], Tensor)):
+            return None
+        out = extension().step(LSTM, x, state[0], state[1], w_ih, b_ih, w_hh, b_hh, max_batch)
+        return (out[0], LSTMState(*out)) if out else None
+    if not isinstance(state, Tensor):
+        return None
+    out = extension().step(kind_of(recurrence), x, state, _EMPTY, w_ih, b_ih, w_hh, b_hh, max_batch)
+    return (out[0], out[0]) if out else None
 
 
 def run_step_direction(
     recurrence: Recurrence, weights: Weights, x: Tensor, state: State, mask: Tensor | None, reverse: bool
 ) -> tuple[Tensor, State]:
-    """:func:`run_direction` for a sequence of one step (``x (1, N, I)``, no mask) without autograd."""
-    h, state = run_step(recurrence, weights, x[0], state)
+    """:func:`run_direction` for a sequence of one step (``x (1, N, I)``, no mask) without
+    autograd; the driver has validated it."""
+    out = run_step(recurrence, weights, x[0], state, max_batch=x.shape[1])
+    if out is None:  # the driver validated the step, so it fits; if not, the reference runs it
+        return reference.run_direction(recurrence, weights, x, state, mask, reverse)
+    h, state = out
     return h.unsqueeze(0), state
 
 
