@@ -103,28 +103,40 @@ def available() -> bool:
 
 
 class _Recurrence(torch.autograd.Function):
-    """Autograd wrapper: inputs ``gx, h0, c0, w_hh, b_hh``; outputs ``y, h_n, c_n``."""
+    """Autograd wrapper: inputs ``x, h0, c0, w_ih, b_ih, w_hh, b_hh``; outputs ``y, h_n, c_n``.
+
+    ``x (T, N, I)`` is the layer's input and the kernel does the input projection too; with
+    ``w_ih`` empty (bf16 mode) ``x`` is the projection ``gx (T, N, G*H)`` made by the caller."""
 
     @staticmethod
-    def forward(ctx, kind, reverse, bf16, valid, gx, h0, c0, w_hh, b_hh):  # noqa: ANN001
+    def forward(ctx, kind, reverse, bf16, valid, x, h0, c0, w_ih, b_ih, w_hh, b_hh):  # noqa: ANN001
         save = any(ctx.needs_input_grad)  # grad mode is off inside forward; this says if backward will run
-        y, h_n, c_n, *saved = extension().forward(kind, gx, h0, c0, w_hh, b_hh, valid, reverse, save, bf16)
+        y, h_n, c_n, *saved = extension().forward(kind, x, h0, c0, w_ih, b_ih, w_hh, b_hh, valid, reverse, save, bf16)
+        projected = w_ih.numel() > 0
         if save:
-            ctx.save_for_backward(w_hh, valid, *saved)
-        ctx.kind, ctx.reverse, ctx.bf16, ctx.has_bias, ctx.lstm = kind, reverse, bf16, b_hh.numel() > 0, kind == LSTM
+            ctx.save_for_backward(x if projected else _EMPTY, w_ih, w_hh, valid, *saved)
+        ctx.kind, ctx.reverse, ctx.bf16, ctx.lstm, ctx.projected = kind, reverse, bf16, kind == LSTM, projected
+        ctx.has_bias, ctx.has_ih_bias = b_hh.numel() > 0, b_ih.numel() > 0
         return y, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):  # noqa: ANN001
-        w_hh, valid, acts, hprev, third = ctx.saved_tensors
+        x, w_ih, w_hh, valid, acts, hprev, third = ctx.saved_tensors
         dy = _EMPTY if dy is None else dy
         dh_n = torch.zeros_like(hprev[0]) if dh_n is None else dh_n
         dc_n = (torch.zeros_like(hprev[0]) if dc_n is None else dc_n) if ctx.lstm else _EMPTY
-        d_gx, dh0, dc0, dw, db = extension().backward(
-            ctx.kind, dy, dh_n, dc_n, acts, hprev, third, w_hh, valid, ctx.reverse, ctx.has_bias, ctx.bf16
-        )
-        return None, None, None, None, d_gx, dh0, dc0 if ctx.lstm else None, dw, db if ctx.has_bias else None
+        need_dx = ctx.needs_input_grad[4]
+        d_in, dh0, dc0, dw_hh, db_hh, *ih = extension().backward(
+            ctx.kind, dy, dh_n, dc_n, acts, hprev, third, w_hh, valid, ctx.reverse, ctx.has_bias, ctx.bf16,
+            x, w_ih, need_dx, ctx.has_ih_bias,
+        )  # fmt: skip
+        dw_ih, db_ih = ih if ctx.projected else (None, None)
+        return (
+            None, None, None, None,
+            d_in if need_dx else None, dh0, dc0 if ctx.lstm else None,
+            dw_ih, db_ih if ctx.has_ih_bias else None, dw_hh, db_hh if ctx.has_bias else None,
+        )  # fmt: skip
 
 
 def bf16_mode(weight: Tensor) -> bool:
@@ -172,14 +184,20 @@ def run_step_direction(
 def run_direction(
     recurrence: Recurrence, weights: Weights, x: Tensor, state: State, mask: Tensor | None, reverse: bool
 ) -> tuple[Tensor, State]:
-    """Same contract as :func:`rnnkit.kernels.reference.run_direction`, one fused kernel call."""
-    gx = F.linear(x, weights.weight_ih, weights.bias_ih)  # all time steps in one GEMM
-    # Under torch.autocast("cpu", dtype=torch.bfloat16) that GEMM runs in bf16 and so do the
-    # recurrence's GEMMs (bf16 mode, see csrc/recurrence.cpp); state and gates stay float32.
-    gx = gx.to(weights.weight_hh.dtype)
+    """Same contract as :func:`rnnkit.kernels.reference.run_direction`, one fused kernel call,
+    input projection included (its GEMM and gradients run on the kernel's pooled buffers)."""
     kind = kind_of(recurrence)
     h0, c0 = (state.h, state.c) if kind == LSTM else (state, _EMPTY)
     valid = _EMPTY if mask is None else mask.squeeze(-1).to(torch.uint8)
     b_hh = _EMPTY if weights.bias_hh is None else weights.bias_hh
-    y, h_n, c_n = _Recurrence.apply(kind, reverse, bf16_mode(weights.weight_hh), valid, gx, h0, c0, weights.weight_hh, b_hh)
+    bf16 = bf16_mode(weights.weight_hh)
+    if bf16:
+        # Under torch.autocast("cpu", dtype=torch.bfloat16) the input projection is autocast's bf16
+        # GEMM, and the recurrence's GEMMs take bf16 operands too (see csrc/recurrence.cpp);
+        # state and gates stay float32.
+        x = F.linear(x, weights.weight_ih, weights.bias_ih).to(weights.weight_hh.dtype)
+        w_ih = b_ih = _EMPTY
+    else:
+        w_ih, b_ih = weights.weight_ih, _EMPTY if weights.bias_ih is None else weights.bias_ih
+    y, h_n, c_n = _Recurrence.apply(kind, reverse, bf16, valid, x, h0, c0, w_ih, b_ih, weights.weight_hh, b_hh)
     return y, (LSTMState(h_n, c_n) if kind == LSTM else h_n)

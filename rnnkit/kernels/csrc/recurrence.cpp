@@ -33,6 +33,7 @@
 #include <string>
 #include <initializer_list>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -242,18 +243,20 @@ inline bool onednn_product(at::Tensor& out, const at::Tensor& a, const at::Tenso
   return true;
 }
 
-// Small products (a step's for small-ts and long-seq: 0.1-0.5 M multiply-adds) by a register
-// tile of our own: MKL packs the whole of b on every call (on long-seq, 13% of a training step
-// went to its packing routine and 30% to its kernel) and its call costs more than the arithmetic.
-// out (M, N) = a (M, K) b (K, N), rows contiguous, leading dimensions lda, ldb, ldo. A tile of
-// ROWS x kTileCols accumulators stays in registers while k runs; each row of b is read once per
-// tile, straight from the cache, never copied. Column tiles are split across threads when the
-// product is large enough.
+// Register tiles of our own for the per-step products of small models (0.1-0.5 M multiply-adds:
+// small-ts, long-seq), where MKL packed the whole of b on every call (on long-seq, 13% of a
+// training step went to its packing routine and 30% to its kernel) and its call cost more than
+// the arithmetic, and for the input projection and its input gradient at every size, which write
+// straight into the kernel's pooled buffers (see BufferPool).
+// out (M, N) = a (M, K) b (K, N) (+ bias (N)), rows contiguous, leading dimensions lda, ldb, ldo.
+// A tile of ROWS x kTileCols accumulators stays in registers while k runs; each row of b is read
+// once per tile, straight from the cache, never copied. Blocks of 64 rows by one tile's columns
+// are split across threads when the product is large enough.
 constexpr int64_t kTileBytes = 128;  // a tile's row: two AVX-512 vectors
 
 template <typename T, int64_t ROWS>
 void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t lda, const T* __restrict b, int64_t ldb,
-                  int64_t K, int64_t cols) {
+                  int64_t K, int64_t cols, const T* __restrict bias) {
   constexpr int64_t kCols = kTileBytes / sizeof(T);
   T acc[ROWS][kCols] = {};
   if (cols == kCols) {  // the common case: fixed bounds, fully unrolled
@@ -275,36 +278,49 @@ void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t
     }
   }
   for (int64_t i = 0; i < ROWS; ++i)
-    for (int64_t j = 0; j < cols; ++j) out[i * ldo + j] = acc[i][j];
+    for (int64_t j = 0; j < cols; ++j) out[i * ldo + j] = bias ? acc[i][j] + bias[j] : acc[i][j];
 }
 
 template <typename T>
-void small_product(T* out, int64_t ldo, const T* a, int64_t lda, const T* b, int64_t ldb, int64_t M, int64_t K, int64_t N) {
-  constexpr int64_t kCols = kTileBytes / sizeof(T);
-  const int64_t tiles = (N + kCols - 1) / kCols;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, M * K * kCols));
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+void tile_product(T* out, int64_t ldo, const T* a, int64_t lda, const T* b, int64_t ldb, int64_t M, int64_t K, int64_t N,
+                  const T* bias = nullptr) {
+  constexpr int64_t kCols = kTileBytes / sizeof(T), kBlockRows = 64;
+  const int64_t col_tiles = (N + kCols - 1) / kCols, row_blocks = (M + kBlockRows - 1) / kBlockRows;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, std::min(M, kBlockRows) * K * kCols));
+  at::parallel_for(0, row_blocks * col_tiles, grain, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
-    for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t n0 = tile * kCols, cols = std::min(kCols, N - n0);
-      int64_t m = 0;
-      for (; m + 8 <= M; m += 8) product_tile<T, 8>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols);
-      for (; m + 4 <= M; m += 4) product_tile<T, 4>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols);
-      for (; m < M; ++m) product_tile<T, 1>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols);
+    for (int64_t task = begin; task < end; ++task) {  // row-block-major: a block's rows of a stay in cache
+      const int64_t n0 = task % col_tiles * kCols, cols = std::min(kCols, N - n0);
+      const int64_t m_end = std::min(M, task / col_tiles * kBlockRows + kBlockRows);
+      const T* bias_n = bias ? bias + n0 : nullptr;
+      int64_t m = task / col_tiles * kBlockRows;
+      for (; m + 8 <= m_end; m += 8)
+        product_tile<T, 8>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols, bias_n);
+      for (; m + 4 <= m_end; m += 4)
+        product_tile<T, 4>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols, bias_n);
+      for (; m < m_end; ++m) product_tile<T, 1>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols, bias_n);
     }
   });
 }
 
-// out = a b by small_product; false if it does not apply (a large product, or rows not contiguous).
+// out = a b (+ bias) by tile_product, any size; rows contiguous, one dtype.
+inline void tile_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias = {}) {
+  TORCH_CHECK(a.stride(1) == 1 && b.stride(1) == 1 && out.stride(1) == 1, "rnnkit: tile_product needs contiguous rows");
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkit_tile_product", [&] {
+    tile_product<scalar_t>(out.data_ptr<scalar_t>(), out.stride(0), a.data_ptr<scalar_t>(), a.stride(0),
+                           b.data_ptr<scalar_t>(), b.stride(0), a.size(0), a.size(1), b.size(1),
+                           bias.defined() && bias.numel() ? bias.data_ptr<scalar_t>() : nullptr);
+  });
+}
+
+// out = a b by tile_product for a small product; false if it does not apply (a large product,
+// or rows not contiguous).
 inline bool small_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   if (a.size(0) * a.size(1) * b.size(1) >= kOneDnnMinMacs || out.scalar_type() != b.scalar_type() ||
       a.scalar_type() != b.scalar_type() || a.stride(1) != 1 || b.stride(1) != 1 || out.stride(1) != 1) {
     return false;
   }
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkit_small_product", [&] {
-    small_product<scalar_t>(out.data_ptr<scalar_t>(), out.stride(0), a.data_ptr<scalar_t>(), a.stride(0),
-                            b.data_ptr<scalar_t>(), b.stride(0), a.size(0), a.size(1), b.size(1));
-  });
+  tile_product(out, a, b);
   return true;
 }
 
@@ -390,7 +406,7 @@ class BufferPool {
  private:
   static bool unused(const c10::Storage& st) { return st.use_count() == 1; }
   static constexpr size_t kMinBytes = 1 << 20;
-  static constexpr size_t kPoolSize = 12;
+  static constexpr size_t kPoolSize = 16;
   std::mutex mutex_;
   std::vector<c10::Storage> storages_;
 };
@@ -398,6 +414,78 @@ class BufferPool {
 at::Tensor take(at::IntArrayRef shape, const at::TensorOptions& opts) {
   static BufferPool pool;
   return pool.take(shape, opts);
+}
+
+// m (R, C), rows contiguous -> a contiguous (C, R) copy from the pool, float32, by 32 x 32 blocks
+// that stay in L1. torch's m.t().contiguous() took 7.8 ms for a charLM step's gate gradients
+// (6400 x 1024) on the host measured, into fresh pages; oneDNN's linear makes that copy itself when
+// given a transposed operand.
+at::Tensor transposed(const at::Tensor& m) {
+  const int64_t R = m.size(0), C = m.size(1), ld = m.stride(0);
+  at::Tensor out = take({C, R}, m.options());
+  const float* __restrict src = m.data_ptr<float>();
+  float* __restrict dst = out.data_ptr<float>();
+  constexpr int64_t kBlock = 32;
+  at::parallel_for(0, (R + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r0 = begin * kBlock; r0 < std::min(R, end * kBlock); r0 += kBlock) {
+      const int64_t r1 = std::min(R, r0 + kBlock);
+      for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
+        const int64_t c1 = std::min(C, c0 + kBlock);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t r = r0; r < r1; ++r) dst[c * R + r] = src[r * ld + c];
+      }
+    }
+  });
+  return out;
+}
+
+// Weight gradients sum over all S = T*B rows: out (M, N) = d^T s for d (S, M) and s (S, N), both
+// with contiguous rows. S is neither operand's contiguous dimension, and oneDNN's linear wants it
+// contiguous in both: large float32 products take both operands through `transposed`, a chunk of
+// rows at a time (the copies stay near 16 MiB, so a step's peak memory stays below nn.LSTM's), a d
+// shared by several products once a chunk; the chunks' products are summed. Small products take
+// MKL's transposed GEMM, and so does bf16 mode, which rounds the operands (s is bf16 there).
+struct WeightGradient {
+  at::Tensor out, d, s;
+};
+
+void weight_gradients(const std::vector<WeightGradient>& jobs, bool bf16) {
+  std::vector<const WeightGradient*> large;
+  int64_t widest = 1;
+  for (const auto& job : jobs) {
+    if (!bf16 && job.d.scalar_type() == at::kFloat && job.s.scalar_type() == at::kFloat && onednn_linear() != nullptr &&
+        job.d.size(0) * job.d.size(1) * job.s.size(1) >= kOneDnnMinMacs) {
+      large.push_back(&job);
+      widest = std::max({widest, job.d.size(1), job.s.size(1)});
+    } else {
+      product(job.out, job.d.t(), job.s);
+    }
+  }
+  if (large.empty()) return;
+  const int64_t S = large[0]->d.size(0), chunk = std::max<int64_t>(256, (int64_t(1) << 22) / widest);
+  for (int64_t r0 = 0; r0 < S; r0 += chunk) {
+    const int64_t rows = std::min(chunk, S - r0);
+    std::vector<std::pair<const WeightGradient*, at::Tensor>> d_t;  // each distinct d, transposed
+    for (const WeightGradient* job : large) {
+      const at::Tensor d = job->d.narrow(0, r0, rows), s = job->s.narrow(0, r0, rows);
+      auto same_d = std::find_if(d_t.begin(), d_t.end(), [&](const auto& seen) {
+        return seen.first->d.data_ptr() == job->d.data_ptr() && seen.first->d.sizes() == job->d.sizes();
+      });
+      if (same_d == d_t.end()) same_d = d_t.insert(d_t.end(), {job, transposed(d)});
+      at::Tensor part = r0 == 0 ? job->out : at::empty_like(job->out);
+      if (!onednn_product(part, same_d->second, transposed(s).t())) product(part, d.t(), s);  // (M, rows) (rows, N)
+      if (r0 > 0) job->out.add_(part);
+    }
+  }
+}
+
+// gx (T, B, G*H) = x W_ih^T + b_ih for all time steps in one product, into a pooled buffer.
+inline at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& b_ih) {
+  const int64_t steps = x.size(0), B = x.size(1), I = x.size(2), GH = w_ih.size(0);
+  at::Tensor gx = take({steps, B, GH}, x.options());
+  at::Tensor rows = gx.view({steps * B, GH});
+  tile_product(rows, x.reshape({steps * B, I}), w_ih.t().contiguous(), b_ih);
+  return gx;
 }
 
 struct Saved {
@@ -410,9 +498,11 @@ inline bool is_valid(const uint8_t* valid, int64_t t, int64_t B, int64_t b) { re
 // forward
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0,
-                                     const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& valid_mask,
-                                     bool reverse, bool save, bool bf16) {
+std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                                     const at::Tensor& w_ih, const at::Tensor& b_ih, const at::Tensor& w_hh,
+                                     const at::Tensor& b_hh, const at::Tensor& valid_mask, bool reverse, bool save, bool bf16) {
+  // x (T, B, I) and its projection here, or with w_ih empty the projection gx (T, B, G*H) itself
+  const at::Tensor gx = w_ih.numel() ? input_projection(x, w_ih, b_ih) : x;
   const int64_t steps = gx.size(0), B = gx.size(1), H = h0.size(1), G = gate_count(kind), GH = G * H;
   const bool has_bias = b_hh.defined() && b_hh.numel() > 0;
   const uint8_t* valid = valid_mask.numel() ? valid_mask.data_ptr<uint8_t>() : nullptr;
@@ -504,9 +594,10 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& gx, const a
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
-                                      const at::Tensor& acts, const at::Tensor& hprev,
-                                      const at::Tensor& third, const at::Tensor& w_hh, const at::Tensor& valid_mask,
-                                      bool reverse, bool has_bias, bool bf16) {
+                                      const at::Tensor& acts, const at::Tensor& hprev, const at::Tensor& third,
+                                      const at::Tensor& w_hh, const at::Tensor& valid_mask, bool reverse, bool has_bias,
+                                      bool bf16, const at::Tensor& x, const at::Tensor& w_ih, bool need_dx,
+                                      bool has_ih_bias) {
   const int64_t steps = hprev.size(0), B = hprev.size(1), H = hprev.size(2), G = gate_count(kind), GH = G * H;
   const uint8_t* valid = valid_mask.numel() ? valid_mask.data_ptr<uint8_t>() : nullptr;
   auto opts = hprev.options();
@@ -590,48 +681,68 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
     dhp = dh.data_ptr<T>();
   }
 
-  // weight gradients: one large GEMM over all steps, and a reduction for the bias
-  at::Tensor dw = at::empty_like(w_hh);
-  const at::Tensor hprev_flat = operand(hprev.reshape({steps * B, H}), bf16);
-  if (kind == GRU_BEFORE) {
-    const at::Tensor dg_flat = d_gx.reshape({steps * B, GH});
-    at::Tensor dw_rz = dw.narrow(0, 0, 2 * H), dw_n = dw.narrow(0, 2 * H, H);
-    product(dw_rz, dg_flat.narrow(1, 0, 2 * H).t(), hprev_flat);
-    product(dw_n, dg_flat.narrow(1, 2 * H, H).t(), operand(third.reshape({steps * B, H}), bf16));
+  // weight gradients: large GEMMs over all steps, and a reduction for each bias
+  const int64_t S = steps * B;
+  const bool projected = w_ih.numel() > 0;  // the kernel did the input projection: x is given
+  const at::Tensor dgx_rows = d_gx.reshape({S, GH}), dgh_rows = d_gh.reshape({S, GH});
+  const at::Tensor hprev_rows = operand(hprev.reshape({S, H}), bf16);
+  at::Tensor dw = at::empty_like(w_hh), dw_ih = projected ? at::empty_like(w_ih) : at::empty({0}, opts);
+  std::vector<WeightGradient> grads;
+  if (kind == GRU_BEFORE) {  // r, z rows against h_{t-1}; the candidate's against r ⊙ h_{t-1}
+    grads.push_back({dw.narrow(0, 0, 2 * H), dgx_rows.narrow(1, 0, 2 * H), hprev_rows});
+    grads.push_back({dw.narrow(0, 2 * H, H), dgx_rows.narrow(1, 2 * H, H), operand(third.reshape({S, H}), bf16)});
   } else {
-    product(dw, d_gh.reshape({steps * B, GH}).t(), hprev_flat);
+    grads.push_back({dw, dgh_rows, hprev_rows});
   }
+  if (projected) grads.push_back({dw_ih, dgx_rows, x.reshape({S, x.size(2)})});
+  weight_gradients(grads, bf16);
   at::Tensor db = has_bias ? d_gh.sum({0, 1}) : at::empty({0}, opts);
-  return {d_gx, dh, kind == LSTM ? dc : at::empty({0}, opts), dw, db};
+  if (!projected) return {d_gx, dh, kind == LSTM ? dc : at::empty({0}, opts), dw, db};
+
+  at::Tensor dx = at::empty({0}, opts);
+  if (need_dx) {  // dL/dx = dG W_ih
+    dx = take({steps, B, x.size(2)}, opts);
+    at::Tensor dx_rows = dx.view({S, x.size(2)});
+    tile_product(dx_rows, dgx_rows, w_ih);
+  }
+  at::Tensor db_ih = !has_ih_bias ? at::empty({0}, opts) : (kind == GRU_AFTER || !has_bias ? d_gx.sum({0, 1}) : db.clone());
+  return {dx, dh, kind == LSTM ? dc : at::empty({0}, opts), dw, db, dw_ih, db_ih};
 }
 
-std::vector<at::Tensor> forward(int64_t kind, at::Tensor gx, at::Tensor h0, at::Tensor c0, at::Tensor w_hh, at::Tensor b_hh,
-                                at::Tensor valid, bool reverse, bool save, bool bf16) {
+std::vector<at::Tensor> forward(int64_t kind, at::Tensor x, at::Tensor h0, at::Tensor c0, at::Tensor w_ih, at::Tensor b_ih,
+                                at::Tensor w_hh, at::Tensor b_hh, at::Tensor valid, bool reverse, bool save, bool bf16) {
   FlushDenormals flush;
   at::NoGradGuard no_grad;
-  gx = gx.contiguous(), h0 = h0.contiguous(), w_hh = w_hh.contiguous();
+  x = x.contiguous(), h0 = h0.contiguous(), w_hh = w_hh.contiguous();
+  if (w_ih.numel()) w_ih = w_ih.contiguous();
+  if (b_ih.numel()) b_ih = b_ih.contiguous();
   if (c0.numel()) c0 = c0.contiguous();
   if (b_hh.numel()) b_hh = b_hh.contiguous();
   if (valid.numel()) valid = valid.contiguous();
-  TORCH_CHECK(!bf16 || gx.scalar_type() == at::kFloat, "rnnkit: bf16 mode needs float32 weights");
+  TORCH_CHECK(!bf16 || (x.scalar_type() == at::kFloat && !w_ih.numel()), "rnnkit: bf16 mode takes gx and float32 weights");
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnnkit_forward", [&] {
-    out = forward_impl<scalar_t>(kind, gx, h0, c0, w_hh, b_hh, valid, reverse, save, bf16);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnkit_forward", [&] {
+    out = forward_impl<scalar_t>(kind, x, h0, c0, w_ih, b_ih, w_hh, b_hh, valid, reverse, save, bf16);
   });
   return out;
 }
 
+// {d_gx, dh0, dc0, dw_hh, db_hh}; with x and w_ih given (the kernel projected x) the input
+// projection's gradients instead of d_gx: {dx (empty unless need_dx), dh0, dc0, dw_hh, db_hh,
+// dw_ih, db_ih}.
 std::vector<at::Tensor> backward(int64_t kind, at::Tensor dy, at::Tensor dh_n, at::Tensor dc_n, at::Tensor acts,
                                  at::Tensor hprev, at::Tensor third, at::Tensor w_hh, at::Tensor valid, bool reverse,
-                                 bool has_bias, bool bf16) {
+                                 bool has_bias, bool bf16, at::Tensor x, at::Tensor w_ih, bool need_dx, bool has_ih_bias) {
   FlushDenormals flush;
   at::NoGradGuard no_grad;
   dy = dy.contiguous(), dh_n = dh_n.contiguous(), w_hh = w_hh.contiguous();
   if (dc_n.numel()) dc_n = dc_n.contiguous();
+  if (w_ih.numel()) x = x.contiguous(), w_ih = w_ih.contiguous();
   TORCH_CHECK(!bf16 || hprev.scalar_type() == at::kFloat, "rnnkit: bf16 mode needs float32 weights");
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "rnnkit_backward", [&] {
-    out = backward_impl<scalar_t>(kind, dy, dh_n, dc_n, acts, hprev, third, w_hh, valid, reverse, has_bias, bf16);
+    out = backward_impl<scalar_t>(kind, dy, dh_n, dc_n, acts, hprev, third, w_hh, valid, reverse, has_bias, bf16, x, w_ih,
+                                  need_dx, has_ih_bias);
   });
   return out;
 }
