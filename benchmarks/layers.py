@@ -1,6 +1,8 @@
 """rnnkit vs torch.nn, side by side in one process: a training step (forward + backward) of one
 layer for RNN, LSTM and GRU on four configurations; the LSTM's bf16 mode (CPU autocast) on two;
-single-step inference of each cell; and the char-LM's generation loop.
+single-step inference of each cell; and the char-LM's generation loop. Also the LSTM's time per
+step as T grows, and its training step's peak memory (one fresh process per library and
+configuration: a process's peak resident memory only grows).
 
 Timings are interleaved (rnnkit, torch, rnnkit, torch, ...) and the median of the repeats is
 reported; 2 threads. Writes JSON and prints a table of ratios (torch time / rnnkit time: > 1
@@ -15,6 +17,8 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -148,11 +152,64 @@ def generation(repeats: int, chars: int = 200) -> dict[str, float]:
     return {**{k: v / chars if k.endswith("_ms") else v for k, v in result.items()}, "backend": rnnkit.last_backend()}
 
 
+def per_step_vs_length(repeats: int, lengths: tuple[int, ...] = (125, 250, 500, 1000)) -> dict[str, dict[str, float]]:
+    """An LSTM training step at long-seq's B, I, H for growing T: milliseconds per time step."""
+    batch, _, inputs, hidden = CONFIGS["long-seq"]
+    theirs = nn.LSTM(inputs, hidden)
+    ours = rnnkit.LSTM.from_torch(theirs)
+    results = {}
+    for steps in lengths:
+        x = torch.randn(steps, batch, inputs)
+        result = compare(ours, theirs, lambda layer, x=x: train_step(layer, x), max(3, repeats // 3))
+        results[str(steps)] = {"rnnkit_ms_per_step": result["rnnkit_ms"] / steps, "torch_ms_per_step": result["torch_ms"] / steps}
+    return results
+
+
+def peak_memory_probe(config: str, library: str) -> float:
+    """MiB by which 3 LSTM training steps raise this process's peak resident memory (the
+    kernel is built and loaded first, so only the steps count)."""
+    batch, steps, inputs, hidden = CONFIGS[config]
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    layer = rnnkit.LSTM(inputs, hidden) if library == "rnnkit" else nn.LSTM(inputs, hidden)
+    x = torch.randn(steps, batch, inputs)
+    rnnkit.kernels.native.extension()
+    before = peak_resident_kib()
+    for _ in range(3):
+        train_step(layer, x)
+    return (peak_resident_kib() - before) / 1024
+
+
+def peak_resident_kib() -> int:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: a child keeps
+    its parent's peak across fork and exec, which would hide the probe's own growth."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status (the memory probe needs Linux)")
+
+
+def peak_memory() -> dict[str, dict[str, float]]:
+    """peak_memory_probe for both libraries on every configuration, each in a fresh process."""
+    results = {}
+    for config in CONFIGS:
+        row = {}
+        for library in ("rnnkit", "torch"):
+            command = [sys.executable, __file__, "--memory-probe", config, library]
+            row[f"{library}_mib"] = float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
+        results[config] = row
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default="benchmarks/results/layers.json")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("CONFIG", "LIBRARY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_probe:
+        print(peak_memory_probe(*args.memory_probe))
+        return
     torch.set_num_threads(2)
     torch.manual_seed(0)
     results = {"torch": torch.__version__, "machine": platform.processor() or platform.machine(), "threads": 2, "train": {}}
@@ -187,6 +244,13 @@ def main() -> None:
     results["generation_charlm_h512"] = g = generation(args.repeats)
     print(f"char-LM generation (2x512 LSTM), per character: rnnkit {g['rnnkit_ms'] * 1e3:.0f} us  "
           f"torch {g['torch_ms'] * 1e3:.0f} us  speedup {g['speedup']:.2f}x  ({g['backend']})")  # fmt: skip
+    results["lstm_ms_per_time_step"] = per_step_vs_length(args.repeats)
+    for steps, r in results["lstm_ms_per_time_step"].items():
+        print(f"LSTM long-seq shape, T={steps:>4s}: per time step rnnkit {r['rnnkit_ms_per_step'] * 1e3:6.1f} us  "
+              f"torch {r['torch_ms_per_step'] * 1e3:6.1f} us")  # fmt: skip
+    results["lstm_peak_memory"] = peak_memory()
+    for config, r in results["lstm_peak_memory"].items():
+        print(f"LSTM {config:9s} training step peak memory: rnnkit {r['rnnkit_mib']:6.1f} MiB  torch {r['torch_mib']:6.1f} MiB")
     print(f"GEMM peak here: fp32 {results['gemm_peak_gflops']:.0f} GFLOP/s, bf16 {results['bf16_gemm_peak_gflops']:.0f} GFLOP/s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))

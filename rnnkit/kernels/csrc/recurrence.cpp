@@ -1,11 +1,12 @@
 // rnnkit's fused CPU recurrence: a whole sequence forward, and its whole BPTT backward, for one
 // layer and direction of an RNN (tanh, ReLU), LSTM or GRU (reset before / after).
 //
-// The input projection gx = W_ih x + b_ih of all time steps is one GEMM done by the caller
-// (autograd handles its gradients as large GEMMs too). Per time step this file does:
+// The input projection gx = W_ih x + b_ih of all time steps is one product at the start of the
+// forward (in bf16 mode the caller makes gx with autocast's GEMM instead). Per time step:
 //   forward : one recurrent GEMM (two for the textbook GRU) + one fused pass over the gates
 //   backward: one fused pass over the gate gradients + one GEMM (two for the textbook GRU)
-// and after the backward loop dW_hh and db_hh as one large GEMM and one reduction.
+// and after the backward loop dW_hh, dW_ih (large GEMMs over all steps), dx = dG W_ih, and the
+// biases' gradients as reductions.
 // bf16 mode (`bf16`, float32 only; torch.autocast("cpu", dtype=torch.bfloat16) turns it on): every
 // GEMM of the recurrence takes bf16 operands (W_hh rounded once per call, the state and the gate
 // gradients per step), accumulates in fp32 inside oneDNN, and its result is rounded to bf16 then
@@ -14,8 +15,9 @@
 // products over contiguous weight rows, then the same gate pass (no autograd, no GEMM dispatch).
 // The equations are those of rnnkit/cells/*.py (the reference); see rnnkit/kernels/native.py.
 //
-// Layouts (contiguous): gx (T, B, G*H), gate rows in torch's order (LSTM i,f,g,o; GRU r,z,n);
-// h0, c0 (B, H); w_hh (G*H, H); b_hh (G*H) or empty; valid (T, B) uint8 or empty.
+// Layouts (contiguous): x (T, B, I), gx (T, B, G*H), gate rows in torch's order (LSTM i,f,g,o;
+// GRU r,z,n); h0, c0 (B, H); w_ih (G*H, I); w_hh (G*H, H); biases (G*H) or empty; valid (T, B)
+// uint8 or empty.
 // Saved for backward, indexed by time t: acts (T, B, G*H) gate activations, hprev (T, B, H) the
 // state each step started from, cprev (T, B, H) (LSTM), extra (T, B, H) (GRU: W_hn h + b_hn
 // after, r * h before). Where valid[t, b] == 0 the state is held and the output is zero.
