@@ -3,6 +3,7 @@
 initial state; gradcheck; the single-step inference path; and the fallback when no compiler is
 available."""
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -67,6 +68,16 @@ def test_native_equals_reference(name, reverse, lengths, bias, given_state, dtyp
         torch.testing.assert_close(ours, oracle, **tol, msg=f"result {k}")
 
 
+@contextlib.contextmanager
+def intra_op_threads(count):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def native_against_reference(recurrence, batch, steps, dtype, w_hh_scale=0.5, inputs=I):
     """Forward, final state and every gradient of both backends (lengths, bias, initial state,
     reverse time), as two lists in the same order."""
@@ -90,13 +101,27 @@ def native_against_reference(recurrence, batch, steps, dtype, w_hh_scale=0.5, in
 @pytest.mark.parametrize("name", RECURRENCES)
 def test_native_equals_reference_through_every_tile_of_the_small_product(name, dtype):
     """Small per-step products and the input projection run on the kernel's register tiles
-    (``tile_product``): 13 sequences take a tile of 8 rows, one of 4 and one of 1; H=40 gives
-    full column tiles and a remainder in both float32 (32 columns a tile) and float64 (16)."""
+    (``tile_product``): in one thread 13 sequences take a tile of 8 rows, one of 4 and one of
+    1; H=40 gives full column tiles and a remainder in both float32 (32 columns a tile, 64 for
+    4 rows) and float64 (16, 32)."""
     recurrence = make_recurrence(name, 40)
-    ours, oracle = native_against_reference(recurrence, batch=13, steps=5, dtype=dtype, w_hh_scale=0.15)
+    with intra_op_threads(1):
+        ours, oracle = native_against_reference(recurrence, batch=13, steps=5, dtype=dtype, w_hh_scale=0.15)
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
     for k, (a, b) in enumerate(zip(ours, oracle)):
         torch.testing.assert_close(a, b, **tol, msg=f"result {k}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", RECURRENCES)
+def test_native_equals_reference_with_rows_split_across_threads_or_not(name, threads):
+    """With small per-step products and more than one thread, each thread runs the whole
+    sequence for its share of the batch's rows (13 rows: 7 and 6); with one thread, one loop
+    runs them all. Both equal the reference (fp64 to 1e-10), whatever this machine's core count."""
+    with intra_op_threads(threads):
+        ours, oracle = native_against_reference(make_recurrence(name, 24), batch=13, steps=6, dtype=torch.float64)
+    for k, (a, b) in enumerate(zip(ours, oracle)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=f"result {k}")
 
 
 @pytest.mark.parametrize("name", RECURRENCES)

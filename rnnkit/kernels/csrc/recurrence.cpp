@@ -192,15 +192,6 @@ void for_rows(int64_t B, int64_t work_per_row, const Fn& fn) {
   });
 }
 
-// target += source, element-wise over two contiguous (B, H) buffers.
-inline void add_into(at::Tensor& target, const at::Tensor& source) {
-  AT_DISPATCH_FLOATING_TYPES(target.scalar_type(), "rnnkit_add", [&] {
-    scalar_t* __restrict t = target.data_ptr<scalar_t>();
-    const scalar_t* __restrict s = source.data_ptr<scalar_t>();
-    for (int64_t i = 0, n = target.numel(); i < n; ++i) t[i] += s[i];
-  });
-}
-
 // bf16 <-> float over the rows of 2-D views whose rows are contiguous: float -> bf16 rounds to
 // nearest even (as torch does), bf16 -> float is exact. Straight-line loops that vectorise.
 inline uint16_t bf16_bits(float x) {
@@ -254,20 +245,19 @@ inline bool onednn_product(at::Tensor& out, const at::Tensor& a, const at::Tenso
 // A tile of ROWS x kTileCols accumulators stays in registers while k runs; each row of b is read
 // once per tile, straight from the cache, never copied. Blocks of 64 rows by one tile's columns
 // are split across threads when the product is large enough.
-constexpr int64_t kTileBytes = 128;  // a tile's row: two AVX-512 vectors
+constexpr int64_t kTileBytes = 128;  // a tile's row: two AVX-512 vectors (four for tiles of 4 rows)
 
-template <typename T, int64_t ROWS>
+template <typename T, int64_t ROWS, int64_t COLS>
 void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t lda, const T* __restrict b, int64_t ldb,
                   int64_t K, int64_t cols, const T* __restrict bias) {
-  constexpr int64_t kCols = kTileBytes / sizeof(T);
-  T acc[ROWS][kCols] = {};
-  if (cols == kCols) {  // the common case: fixed bounds, fully unrolled
+  T acc[ROWS][COLS] = {};
+  if (cols == COLS) {  // the common case: fixed bounds, fully unrolled
     for (int64_t k = 0; k < K; ++k) {
       const T* br = b + k * ldb;
       for (int64_t i = 0; i < ROWS; ++i) {
         const T av = a[i * lda + k];
 #pragma omp simd
-        for (int64_t j = 0; j < kCols; ++j) acc[i][j] += av * br[j];
+        for (int64_t j = 0; j < COLS; ++j) acc[i][j] += av * br[j];
       }
     }
   } else {  // the last columns
@@ -283,24 +273,39 @@ void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t
     for (int64_t j = 0; j < cols; ++j) out[i * ldo + j] = bias ? acc[i][j] + bias[j] : acc[i][j];
 }
 
+// A task: rows [m0, m1) by the columns [n0, n0 + width) (width <= 2 * kCols). Tiles of 8 rows
+// by kCols columns; 4 leftover rows take the full width at once (a thread's share of a small
+// batch: 4 rows of 8 on long-seq), so a tile always has 16 vector accumulators to hide the
+// multiply-add latency; then single rows.
+template <typename T>
+void product_task(T* out, int64_t ldo, const T* a, int64_t lda, const T* b, int64_t ldb, int64_t K, int64_t m0,
+                  int64_t m1, int64_t n0, int64_t width, const T* bias) {
+  constexpr int64_t kCols = kTileBytes / sizeof(T);
+  const T* bias_n = bias ? bias + n0 : nullptr;
+  int64_t m = m0;
+  for (; m + 8 <= m1; m += 8) {
+    for (int64_t n = n0; n < n0 + width; n += kCols) {
+      product_tile<T, 8, kCols>(out + m * ldo + n, ldo, a + m * lda, lda, b + n, ldb, K, std::min(kCols, n0 + width - n),
+                                bias ? bias + n : nullptr);
+    }
+  }
+  for (; m + 4 <= m1; m += 4)
+    product_tile<T, 4, 2 * kCols>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, width, bias_n);
+  for (; m < m1; ++m)
+    product_tile<T, 1, 2 * kCols>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, width, bias_n);
+}
+
 template <typename T>
 void tile_product(T* out, int64_t ldo, const T* a, int64_t lda, const T* b, int64_t ldb, int64_t M, int64_t K, int64_t N,
                   const T* bias = nullptr) {
-  constexpr int64_t kCols = kTileBytes / sizeof(T), kBlockRows = 64;
-  const int64_t col_tiles = (N + kCols - 1) / kCols, row_blocks = (M + kBlockRows - 1) / kBlockRows;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, std::min(M, kBlockRows) * K * kCols));
+  constexpr int64_t kWide = 2 * kTileBytes / sizeof(T), kBlockRows = 64;
+  const int64_t col_tiles = (N + kWide - 1) / kWide, row_blocks = (M + kBlockRows - 1) / kBlockRows;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, std::min(M, kBlockRows) * K * kWide));
   at::parallel_for(0, row_blocks * col_tiles, grain, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
     for (int64_t task = begin; task < end; ++task) {  // row-block-major: a block's rows of a stay in cache
-      const int64_t n0 = task % col_tiles * kCols, cols = std::min(kCols, N - n0);
-      const int64_t m_end = std::min(M, task / col_tiles * kBlockRows + kBlockRows);
-      const T* bias_n = bias ? bias + n0 : nullptr;
-      int64_t m = task / col_tiles * kBlockRows;
-      for (; m + 8 <= m_end; m += 8)
-        product_tile<T, 8>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols, bias_n);
-      for (; m + 4 <= m_end; m += 4)
-        product_tile<T, 4>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols, bias_n);
-      for (; m < m_end; ++m) product_tile<T, 1>(out + m * ldo + n0, ldo, a + m * lda, lda, b + n0, ldb, K, cols, bias_n);
+      const int64_t n0 = task % col_tiles * kWide, m0 = task / col_tiles * kBlockRows;
+      product_task<T>(out, ldo, a, lda, b, ldb, K, m0, std::min(M, m0 + kBlockRows), n0, std::min(kWide, N - n0), bias);
     }
   });
 }
@@ -496,6 +501,55 @@ struct Saved {
 
 inline bool is_valid(const uint8_t* valid, int64_t t, int64_t B, int64_t b) { return valid == nullptr || valid[t * B + b]; }
 
+// The sequences of a batch are independent: row b of every step's state depends on row b only.
+// When the per-step products are small (our tiles, not oneDNN's threads), the batch's rows are
+// split across threads once for the whole sequence, and each thread runs every time step for its
+// rows: no fork and join per step (on a small-ts forward, 29% of CPU samples had been OpenMP's
+// wait between each step's product and gate pass). Else every step's product and gate pass are
+// threaded on their own.
+inline bool split_rows(int64_t B, int64_t K, int64_t N, bool bf16) {
+  return !bf16 && B >= 2 && at::get_num_threads() > 1 && B * K * N < kOneDnnMinMacs;
+}
+
+// fn(b0, b1) once for all rows, or for a share of rows on each thread (split_rows).
+template <typename Fn>
+void over_rows(int64_t B, bool split, const Fn& fn) {
+  if (!split) {
+    fn(0, B);
+    return;
+  }
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    FlushDenormals flush;
+    fn(b0, b1);
+  });
+}
+
+// fn(b) for rows [b0, b1): in turn inside a thread's share of rows, else threaded as for_rows.
+template <typename Fn>
+void each_row(int64_t b0, int64_t b1, bool split, int64_t work_per_row, const Fn& fn) {
+  if (split) {
+    for (int64_t b = b0; b < b1; ++b) fn(b);
+  } else {
+    for_rows(b1 - b0, work_per_row, [&](int64_t i) { fn(b0 + i); });
+  }
+}
+
+// out (rows, N) = a (rows, K) b over row-major memory (leading dimensions ldo, lda): the tiles
+// for a small product of one dtype, without tensor views (a view per step cost ~1.5 us); else
+// `product` on views (oneDNN, MKL or bf16 mode, with its scratch).
+template <typename T>
+void rows_product(T* out, int64_t ldo, const T* a, int64_t lda, int64_t rows, const at::Tensor& b, at::Tensor& scratch_in,
+                  at::Tensor& scratch_out) {
+  const int64_t K = b.size(0), N = b.size(1);
+  if (b.scalar_type() == c10::CppTypeToScalarType<T>::value && b.stride(1) == 1 && rows * K * N < kOneDnnMinMacs) {
+    tile_product<T>(out, ldo, a, lda, b.data_ptr<T>(), b.stride(0), rows, K, N);
+    return;
+  }
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  product(at::from_blob(out, {rows, N}, {ldo, 1}, opts), at::from_blob(const_cast<T*>(a), {rows, K}, {lda, 1}, opts), b,
+          scratch_in, scratch_out);
+}
+
 // ---------------------------------------------------------------------------------------------
 // forward
 // ---------------------------------------------------------------------------------------------
@@ -506,13 +560,14 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& x, const at
   // x (T, B, I) and its projection here, or with w_ih empty the projection gx (T, B, G*H) itself
   const at::Tensor gx = w_ih.numel() ? input_projection(x, w_ih, b_ih) : x;
   const int64_t steps = gx.size(0), B = gx.size(1), H = h0.size(1), G = gate_count(kind), GH = G * H;
+  const int64_t AW = kind == RNN_TANH || kind == RNN_RELU ? H : GH;  // a row of acts (RNN: the new h)
   const bool has_bias = b_hh.defined() && b_hh.numel() > 0;
   const uint8_t* valid = valid_mask.numel() ? valid_mask.data_ptr<uint8_t>() : nullptr;
   auto opts = gx.options();
   at::Tensor y = take({steps, B, H}, opts);
   at::Tensor h = h0.clone(), c = kind == LSTM ? c0.clone() : at::Tensor();
   Saved s;
-  s.acts = take({steps, B, kind == RNN_TANH || kind == RNN_RELU ? H : GH}, opts);  // RNN: the new h
+  s.acts = take({steps, B, AW}, opts);
   if (save) {
     s.hprev = take({steps, B, H}, opts);
     if (kind == LSTM) s.cprev = take({steps, B, H}, opts);
@@ -526,62 +581,61 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& x, const at
   const at::Tensor w_n_t = kind == GRU_BEFORE ? w_t.narrow(1, 2 * H, H) : at::Tensor();
   const at::Tensor bias_or_zero = has_bias ? b_hh : at::zeros({GH}, opts);
   const T* bias = bias_or_zero.data_ptr<T>();
-  T* hp = h.data_ptr<T>();
-  T* cp = kind == LSTM ? c.data_ptr<T>() : nullptr;
-  at::Tensor lp_in, lp_out;  // bf16 mode's scratch
+  T *hp = h.data_ptr<T>(), *cp = kind == LSTM ? c.data_ptr<T>() : nullptr, *g = kind >= GRU_BEFORE ? gh.data_ptr<T>() : nullptr;
+  T *acts = s.acts.data_ptr<T>(), *yp = y.data_ptr<T>();
+  const T* gxp = gx.data_ptr<T>();
+  const bool split = split_rows(B, H, GH, bf16);
 
-  for (int64_t k = 0; k < steps; ++k) {
-    const int64_t t = reverse ? steps - 1 - k : k;
-    at::Tensor acts_t = s.acts.select(0, t);
-    T* a = acts_t.data_ptr<T>();
-    const T* x = gx.data_ptr<T>() + t * B * GH;
-    T* out = y.data_ptr<T>() + t * B * H;
-    if (save) {
-      std::copy(hp, hp + B * H, s.hprev.data_ptr<T>() + t * B * H);
-      if (kind == LSTM) std::copy(cp, cp + B * H, s.cprev.data_ptr<T>() + t * B * H);
-    }
-    if (kind == LSTM || kind == RNN_TANH || kind == RNN_RELU) {
-      product(acts_t, h, w_t, lp_in, lp_out);  // a = h W_hh^T; gx_t and b_hh are added in the fused pass
-      for_rows(B, GH, [&](int64_t b) {
-        T* ob = out + b * H;
-        if (!is_valid(valid, t, B, b)) {  // past this sequence's length: state held, output zero
-          std::fill(ob, ob + H, T(0));
-          return;
-        }
-        if (kind == LSTM) lstm_row(a + b * GH, x + b * GH, bias, cp + b * H, hp + b * H, ob, H);
-        else rnn_row(a + b * H, x + b * H, bias, hp + b * H, ob, H, kind == RNN_RELU);
-      });
-    } else {
-      T* e = save ? s.extra.data_ptr<T>() + t * B * H : nullptr;
-      T* g = gh.data_ptr<T>();
-      // recurrent GEMMs without bias (adding it inside addmm would copy it each step)
-      if (kind == GRU_AFTER) {
-        product(gh, h, w_t, lp_in, lp_out);  // gh = W_hh h
-      } else {
-        at::Tensor gh_rz = gh.narrow(1, 0, 2 * H);
-        product(gh_rz, h, w_rz_t, lp_in, lp_out);
+  // every time step for the rows [b0, b1)
+  over_rows(B, split, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    at::Tensor lp_in, lp_out;  // bf16 mode's scratch
+    for (int64_t k = 0; k < steps; ++k) {
+      const int64_t t = reverse ? steps - 1 - k : k;
+      T* a = acts + t * B * AW;
+      const T* xt = gxp + t * B * GH;
+      T* out = yp + t * B * H;
+      if (save) {
+        std::copy(hp + b0 * H, hp + b1 * H, s.hprev.data_ptr<T>() + (t * B + b0) * H);
+        if (kind == LSTM) std::copy(cp + b0 * H, cp + b1 * H, s.cprev.data_ptr<T>() + (t * B + b0) * H);
       }
-      for_rows(B, GH, [&](int64_t b) {  // r and z, and for reset-after the candidate too
-        gru_gates_row(x + b * GH, g + b * GH, bias, a + b * GH, hp + b * H, e ? e + b * H : nullptr, H, kind == GRU_AFTER);
+      if (kind == LSTM || kind == RNN_TANH || kind == RNN_RELU) {
+        rows_product<T>(a + b0 * AW, AW, hp + b0 * H, H, rows, w_t, lp_in, lp_out);  // h W_hh^T; gx_t, b_hh in the pass
+        each_row(b0, b1, split, GH, [&](int64_t b) {
+          T* ob = out + b * H;
+          if (!is_valid(valid, t, B, b)) {  // past this sequence's length: state held, output zero
+            std::fill(ob, ob + H, T(0));
+            return;
+          }
+          if (kind == LSTM) lstm_row(a + b * GH, xt + b * GH, bias, cp + b * H, hp + b * H, ob, H);
+          else rnn_row(a + b * H, xt + b * H, bias, hp + b * H, ob, H, kind == RNN_RELU);
+        });
+        continue;
+      }
+      T* e = save ? s.extra.data_ptr<T>() + t * B * H : nullptr;
+      // recurrent GEMMs without bias (adding it inside the GEMM would copy it each step)
+      rows_product<T>(g + b0 * GH, GH, hp + b0 * H, H, rows, kind == GRU_AFTER ? w_t : w_rz_t, lp_in, lp_out);
+      each_row(b0, b1, split, GH, [&](int64_t b) {  // r and z, and for reset-after the candidate too
+        gru_gates_row(xt + b * GH, g + b * GH, bias, a + b * GH, hp + b * H, e ? e + b * H : nullptr, H, kind == GRU_AFTER);
       });
       if (kind == GRU_BEFORE) {
-        at::Tensor rh = acts_t.narrow(1, 2 * H, H);
-        at::Tensor gh_n = gh.narrow(1, 2 * H, H);
-        if (e) at::Tensor(s.extra.select(0, t)).copy_(rh);
-        product(gh_n, rh, w_n_t, lp_in, lp_out);  // W_hn (r ⊙ h)
-        for_rows(B, H, [&](int64_t b) {
-          const T* xb = x + b * GH + 2 * H;
+        if (e) {
+          for (int64_t b = b0; b < b1; ++b) std::copy(a + b * GH + 2 * H, a + b * GH + 3 * H, e + b * H);  // r ⊙ h
+        }
+        rows_product<T>(g + b0 * GH + 2 * H, GH, a + b0 * GH + 2 * H, GH, rows, w_n_t, lp_in, lp_out);  // W_hn (r ⊙ h)
+        each_row(b0, b1, split, H, [&](int64_t b) {
+          const T* xb = xt + b * GH + 2 * H;
           const T* gb = g + b * GH + 2 * H;
           T* ab = a + b * GH + 2 * H;
           for (int64_t j = 0; j < H; ++j) ab[j] = tanh_fn(xb[j] + gb[j] + bias[2 * H + j]);
         });
       }
-      for_rows(B, H, [&](int64_t b) {
+      each_row(b0, b1, split, H, [&](int64_t b) {
         if (is_valid(valid, t, B, b)) gru_update_row(a + b * GH, hp + b * H, out + b * H, H);
         else std::fill(out + b * H, out + (b + 1) * H, T(0));
       });
     }
-  }
+  });
   std::vector<at::Tensor> result = {y, h, kind == LSTM ? c : at::empty({0}, opts)};
   if (save) {
     result.push_back(s.acts);
@@ -613,75 +667,83 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
   const at::Tensor w_rz = kind == GRU_BEFORE ? w.narrow(0, 0, 2 * H) : at::Tensor();
   const at::Tensor w_n = kind == GRU_BEFORE ? w.narrow(0, 2 * H, H) : at::Tensor();
   const T* dyp = dy.numel() ? dy.data_ptr<T>() : nullptr;
-  T* dhp = dh.data_ptr<T>();
   T* dcp = kind == LSTM ? dc.data_ptr<T>() : nullptr;
-  at::Tensor lp_in, lp_out;  // bf16 mode's scratch
+  T* drh = kind == GRU_BEFORE ? d_rh.data_ptr<T>() : nullptr;
+  T* dr = kind >= GRU_BEFORE ? direct.data_ptr<T>() : nullptr;
+  T* dghp = d_gh.data_ptr<T>();
+  const T* actp = acts.data_ptr<T>();
+  const int64_t AW = kind <= RNN_RELU ? H : GH;  // a row of acts
+  const bool split = split_rows(B, GH, H, bf16);
 
-  for (int64_t k = steps - 1; k >= 0; --k) {
-    const int64_t t = reverse ? steps - 1 - k : k;
-    const T* a = acts.data_ptr<T>() + t * B * (kind <= RNN_RELU ? H : GH);
-    const T* hp = hprev.data_ptr<T>() + t * B * H;
-    T* dg = d_gx.data_ptr<T>() + t * B * GH;
-    for_rows(B, GH, [&](int64_t b) {
-      const bool ok = is_valid(valid, t, B, b);
-      T* dhb = dhp + b * H;
-      T* dgb = dg + b * GH;
-      if (!ok) {  // the state was held: its gradient passes through, the gates get none
-        std::fill(dgb, dgb + GH, T(0));
-        if (kind == GRU_AFTER) std::fill(d_gh.data_ptr<T>() + (t * B + b) * GH, d_gh.data_ptr<T>() + (t * B + b + 1) * GH, T(0));
-        if (kind >= GRU_BEFORE) std::copy(dhb, dhb + H, direct.data_ptr<T>() + b * H);
-        return;
-      }
-      if (dyp)
-        for (int64_t j = 0; j < H; ++j) dhb[j] += dyp[(t * B + b) * H + j];
-      const T* ab = a + b * (kind <= RNN_RELU ? H : GH);
-      const T* hpb = hp + b * H;
-      if (kind == LSTM) {
-        lstm_grad_row(ab, third.data_ptr<T>() + (t * B + b) * H, dhb, dcp + b * H, dgb, H);
-      } else if (kind == RNN_TANH || kind == RNN_RELU) {
-        for (int64_t j = 0; j < H; ++j) {
-          const T hn = ab[j];
-          dgb[j] = dhb[j] * (kind == RNN_TANH ? T(1) - hn * hn : (hn > T(0) ? T(1) : T(0)));
-        }
-      } else {
-        T* dghb = kind == GRU_AFTER ? d_gh.data_ptr<T>() + (t * B + b) * GH : nullptr;
-        gru_grad_row(ab, hpb, third.data_ptr<T>() + (t * B + b) * H, dhb, dgb, dghb, direct.data_ptr<T>() + b * H, H,
-                     kind == GRU_AFTER);
-      }
-    });
-    const at::Tensor dg_t = d_gx.select(0, t);
-    if (kind == LSTM || kind == RNN_TANH || kind == RNN_RELU) {
-      product(dh_next, dg_t, w, lp_in, lp_out);  // dL/dh_{t-1} = dG_t W_hh
-    } else if (kind == GRU_AFTER) {
-      product(dh_next, d_gh.select(0, t), w, lp_in, lp_out);
-      add_into(dh_next, direct);
-    } else {
-      // the candidate's GEMM first: d(r ⊙ h) = da_n W_hn; then r's gradient and the r,z GEMM
-      product(d_rh, dg_t.narrow(1, 2 * H, H), w_n, lp_in, lp_out);
-      const T* drh = d_rh.data_ptr<T>();
-      T* dr = direct.data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b) {
-        if (!is_valid(valid, t, B, b)) continue;
-        const T* ab = a + b * GH;
-        const T* hpb = hp + b * H;
+  // every time step, last to first, for the rows [b0, b1); dh and dh_next swap roles each step
+  over_rows(B, split, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    T *dhp = dh.data_ptr<T>(), *dnp = dh_next.data_ptr<T>();
+    at::Tensor lp_in, lp_out;  // bf16 mode's scratch
+    for (int64_t k = steps - 1; k >= 0; --k) {
+      const int64_t t = reverse ? steps - 1 - k : k;
+      const T* a = actp + t * B * AW;
+      const T* hp = hprev.data_ptr<T>() + t * B * H;
+      T* dg = d_gx.data_ptr<T>() + t * B * GH;
+      each_row(b0, b1, split, GH, [&](int64_t b) {
+        const bool ok = is_valid(valid, t, B, b);
+        T* dhb = dhp + b * H;
         T* dgb = dg + b * GH;
-        for (int64_t j = 0; j < H; ++j) {
-          const T r = ab[j], d = drh[b * H + j];
-          dgb[j] = d * hpb[j] * r * (T(1) - r);
-          dr[b * H + j] += d * r;
+        if (!ok) {  // the state was held: its gradient passes through, the gates get none
+          std::fill(dgb, dgb + GH, T(0));
+          if (kind == GRU_AFTER) std::fill(dghp + (t * B + b) * GH, dghp + (t * B + b + 1) * GH, T(0));
+          if (kind >= GRU_BEFORE) std::copy(dhb, dhb + H, dr + b * H);
+          return;
         }
+        if (dyp)
+          for (int64_t j = 0; j < H; ++j) dhb[j] += dyp[(t * B + b) * H + j];
+        const T* ab = a + b * AW;
+        const T* hpb = hp + b * H;
+        if (kind == LSTM) {
+          lstm_grad_row(ab, third.data_ptr<T>() + (t * B + b) * H, dhb, dcp + b * H, dgb, H);
+        } else if (kind == RNN_TANH || kind == RNN_RELU) {
+          for (int64_t j = 0; j < H; ++j) {
+            const T hn = ab[j];
+            dgb[j] = dhb[j] * (kind == RNN_TANH ? T(1) - hn * hn : (hn > T(0) ? T(1) : T(0)));
+          }
+        } else {
+          T* dghb = kind == GRU_AFTER ? dghp + (t * B + b) * GH : nullptr;
+          gru_grad_row(ab, hpb, third.data_ptr<T>() + (t * B + b) * H, dhb, dgb, dghb, dr + b * H, H, kind == GRU_AFTER);
+        }
+      });
+      T* dn = dnp + b0 * H;
+      if (kind == LSTM || kind == RNN_TANH || kind == RNN_RELU) {
+        rows_product<T>(dn, H, dg + b0 * GH, GH, rows, w, lp_in, lp_out);  // dL/dh_{t-1} = dG_t W_hh
+      } else if (kind == GRU_AFTER) {
+        rows_product<T>(dn, H, dghp + (t * B + b0) * GH, GH, rows, w, lp_in, lp_out);
+      } else {
+        // the candidate's GEMM first: d(r ⊙ h) = da_n W_hn; then r's gradient and the r,z GEMM
+        rows_product<T>(drh + b0 * H, H, dg + b0 * GH + 2 * H, GH, rows, w_n, lp_in, lp_out);
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!is_valid(valid, t, B, b)) continue;
+          const T* ab = a + b * GH;
+          const T* hpb = hp + b * H;
+          T* dgb = dg + b * GH;
+          for (int64_t j = 0; j < H; ++j) {
+            const T r = ab[j], d = drh[b * H + j];
+            dgb[j] = d * hpb[j] * r * (T(1) - r);
+            dr[b * H + j] += d * r;
+          }
+        }
+        rows_product<T>(dn, H, dg + b0 * GH, GH, rows, w_rz, lp_in, lp_out);
       }
-      product(dh_next, dg_t.narrow(1, 0, 2 * H), w_rz, lp_in, lp_out);
-      add_into(dh_next, direct);
+      if (kind >= GRU_BEFORE) {  // plus dL/dh_{t-1} outside W_hh
+        const T* __restrict from = dr + b0 * H;
+        for (int64_t j = 0; j < rows * H; ++j) dn[j] += from[j];
+      }
+      if (valid && (kind == LSTM || kind <= RNN_RELU)) {  // held rows: the gradient passes through
+        for (int64_t b = b0; b < b1; ++b)
+          if (!is_valid(valid, t, B, b)) std::copy(dhp + b * H, dhp + (b + 1) * H, dnp + b * H);
+      }
+      std::swap(dhp, dnp);
     }
-    if (valid && (kind == LSTM || kind <= RNN_RELU)) {  // held rows: the gradient passes through
-      T* dn = dh_next.data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b)
-        if (!is_valid(valid, t, B, b)) std::copy(dhp + b * H, dhp + (b + 1) * H, dn + b * H);
-    }
-    std::swap(dh, dh_next);
-    dhp = dh.data_ptr<T>();
-  }
+  });
+  if (steps % 2 == 1) std::swap(dh, dh_next);  // where the last step's dL/dh_{t-1} went
 
   // weight gradients: large GEMMs over all steps, and a reduction for each bias
   const int64_t S = steps * B;
@@ -785,9 +847,10 @@ using i32x16 = int32_t __attribute__((vector_size(64)));
 #define RNNKIT_SHUFFLE16(a, b, ...) __builtin_shuffle(a, b, i32x16{__VA_ARGS__})
 #endif
 
-// One level of the tree: a's and b's lanes in blocks of `width` (8, 4, 2, 1), interleaved, each
-// lane the sum of two of the same vector's lanes. After the 4 levels over accumulators 0..15 in
-// pairs, lane L holds the sum of accumulator kLaneOf[L] (bit-reversed order).
+// One level of the tree each: foldN takes a's and b's lanes in blocks of N, interleaved, and adds
+// pairs of blocks, so every lane is the sum of two lanes of one vector. After fold8, fold4, fold2
+// and fold1 over accumulators 0..15 in pairs, lane L holds the sum of accumulator kLaneOf[L]
+// (bit-reversed order).
 inline f32x16 fold8(f32x16 a, f32x16 b) {
   return RNNKIT_SHUFFLE16(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
          RNNKIT_SHUFFLE16(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
