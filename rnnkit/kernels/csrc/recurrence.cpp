@@ -247,26 +247,56 @@ inline bool onednn_product(at::Tensor& out, const at::Tensor& a, const at::Tenso
 // are split across threads when the product is large enough.
 constexpr int64_t kTileBytes = 128;  // a tile's row: two AVX-512 vectors (four for tiles of 4 rows)
 
+// 64-byte vectors of float or double (GCC/Clang vector types: AVX-512, two AVX2 registers, or
+// NEON alike), and the same for loads and stores at any element-aligned address. Spelled out per
+// type: GCC ignores vector attributes on a template's dependent type.
+template <typename T>
+struct Vector64;
+template <>
+struct Vector64<float> {
+  using type = float __attribute__((vector_size(64)));
+  using unaligned = float __attribute__((vector_size(64), aligned(4)));
+};
+template <>
+struct Vector64<double> {
+  using type = double __attribute__((vector_size(64)));
+  using unaligned = double __attribute__((vector_size(64), aligned(8)));
+};
+
 template <typename T, int64_t ROWS, int64_t COLS>
 void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t lda, const T* __restrict b, int64_t ldb,
                   int64_t K, int64_t cols, const T* __restrict bias) {
-  T acc[ROWS][COLS] = {};
-  if (cols == COLS) {  // the common case: fixed bounds, fully unrolled
+  if (cols == COLS) {  // the common case: whole 64-byte vectors, in registers
+    // b's row is loaded into registers once per k and used by every row of the tile (written
+    // as plain arrays, GCC reloaded it from memory for each row: a load per multiply-add)
+    using Vec = typename Vector64<T>::type;
+    using VecUnaligned = typename Vector64<T>::unaligned;
+    constexpr int64_t kLanes = 64 / sizeof(T), kVecs = COLS / kLanes;
+    static_assert(COLS % kLanes == 0, "a tile's row is whole vectors");
+    Vec acc[ROWS][kVecs] = {};
     for (int64_t k = 0; k < K; ++k) {
-      const T* br = b + k * ldb;
+      Vec bk[kVecs];
+      for (int64_t v = 0; v < kVecs; ++v) bk[v] = *reinterpret_cast<const VecUnaligned*>(b + k * ldb + v * kLanes);
       for (int64_t i = 0; i < ROWS; ++i) {
         const T av = a[i * lda + k];
-#pragma omp simd
-        for (int64_t j = 0; j < COLS; ++j) acc[i][j] += av * br[j];
+        for (int64_t v = 0; v < kVecs; ++v) acc[i][v] += bk[v] * av;
       }
     }
-  } else {  // the last columns
-    for (int64_t k = 0; k < K; ++k) {
-      const T* br = b + k * ldb;
-      for (int64_t i = 0; i < ROWS; ++i) {
-        const T av = a[i * lda + k];
-        for (int64_t j = 0; j < cols; ++j) acc[i][j] += av * br[j];
+    for (int64_t i = 0; i < ROWS; ++i) {
+      for (int64_t v = 0; v < kVecs; ++v) {
+        Vec r = acc[i][v];
+        if (bias) r += *reinterpret_cast<const VecUnaligned*>(bias + v * kLanes);
+        *reinterpret_cast<VecUnaligned*>(out + i * ldo + v * kLanes) = r;
       }
+    }
+    return;
+  }
+  T acc[ROWS][COLS] = {};  // the last columns
+  for (int64_t k = 0; k < K; ++k) {
+    const T* br = b + k * ldb;
+    for (int64_t i = 0; i < ROWS; ++i) {
+      const T av = a[i * lda + k];
+      for (int64_t j = 0; j < cols; ++j) acc[i][j] += av * br[j];
     }
   }
   for (int64_t i = 0; i < ROWS; ++i)
