@@ -541,14 +541,15 @@ inline bool split_rows(int64_t B, int64_t K, int64_t N, bool bf16) {
   return !bf16 && B >= 2 && at::get_num_threads() > 1 && B * K * N < kOneDnnMinMacs;
 }
 
-// fn(b0, b1) once for all rows, or for a share of rows on each thread (split_rows).
+// fn(b0, b1) once for all rows, or for a share of rows on each thread (split_rows), at least 4
+// rows a thread: 2 rows a thread ran slower than 4 rows on one (B=4, H=128: 4.8 against 3.6 ms).
 template <typename Fn>
 void over_rows(int64_t B, bool split, const Fn& fn) {
   if (!split) {
     fn(0, B);
     return;
   }
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, B, 4, [&](int64_t b0, int64_t b1) {
     FlushDenormals flush;
     fn(b0, b1);
   });
