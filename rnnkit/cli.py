@@ -21,6 +21,7 @@ import torch
 
 import rnnkit
 from rnnkit.apps import APPS, get_app
+from rnnkit.kernels import cpu_has_bf16
 from rnnkit.train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, from_environment
 from rnnkit.train.checkpoint import atomic_write_text
 
@@ -31,7 +32,7 @@ ENSEMBLE_HELP = "model directory; repeat --model to predict with an ensemble of 
 
 def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any], cells: tuple[str, ...]) -> None:
     """The training options every application shares; ``defaults`` are the app's."""
-    base = TrainConfig(**{"steps": 1, **{k: v for k, v in defaults.items() if k not in ("steps", "minutes")}})
+    base = TrainConfig(**{"steps": 1, **{k: v for k, v in defaults.items() if k not in ("steps", "minutes", "bf16")}})
     group = parser.add_argument_group("training (the same for every application)")
     budget = group.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="total optimizer steps (counted across --resume)")
@@ -82,9 +83,11 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
         help=f"save the weights of the best evaluation, not the last (default: {'on' if base.restore_best else 'off'})",
     )  # fmt: skip
     best.add_argument("--no-restore-best", dest="restore_best", action="store_false", help="save the last weights")
+    bf16_default = defaults.get("bf16", False)
+    shown = "on where the CPU has bf16 instructions" if bf16_default == "auto" else ("on" if bf16_default else "off")
     group.add_argument(
-        "--bf16", action="store_true",
-        help="bf16 mixed precision (autocast): the GEMMs run in bf16, weights, state and optimizer stay float32",
+        "--bf16", action=argparse.BooleanOptionalAction, default=bf16_default,
+        help=f"bf16 mixed precision (autocast): GEMMs in bf16; weights, state, optimizer float32 (default: {shown})",
     )  # fmt: skip
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -101,8 +104,16 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any]) -> TrainCon
         schedule=schedule, warmup_steps=args.warmup_steps, clip_norm=clip_norm,
         clip_value=args.clip_value, eval_every=args.eval_every, early_stop_patience=args.early_stop_patience,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
-        restore_best=args.restore_best, bf16=args.bf16,
+        restore_best=args.restore_best, bf16=resolve_bf16(args.bf16),
     )  # fmt: skip
+
+
+def resolve_bf16(choice: bool | str) -> bool:
+    """``--bf16`` as given, or for an app whose default is ``"auto"``: on when training runs on
+    a CPU that has bf16 instructions (AVX512-BF16 or AMX), where it is faster than float32."""
+    if choice == "auto":
+        return not torch.cuda.is_available() and cpu_has_bf16()
+    return bool(choice)
 
 
 def build_parser() -> argparse.ArgumentParser:

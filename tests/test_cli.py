@@ -1,13 +1,17 @@
 """The command line: end to end, resume without repeating options, shared options, bad input."""
 
 import json
+import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from rnnkit.apps import APPS
-from rnnkit.cli import build_parser, main
+import rnnkit.cli
+from rnnkit.apps import APPS, get_app
+from rnnkit.cli import build_parser, main, train_config
+from rnnkit.kernels import cpu_has_bf16
 
 TEXT = "".join(f"SPEAKER {i % 7}:\nthe quick brown fox jumps over the lazy dog {i}.\n\n" for i in range(400))
 TINY = ["--hidden", "32", "--layers", "1", "--embedding", "8", "--batch-size", "4", "--bptt-steps", "20", "--no-progress"]
@@ -56,6 +60,32 @@ def test_every_app_shares_the_training_options():
         assert shared <= options, app
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "charlm", "--steps", "5", "--minutes", "2"])  # one budget, not both
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_bf16_is_on_by_default_for_the_char_lm_where_the_cpu_has_bf16_and_the_flags_override_it(monkeypatch, has_bf16):
+    monkeypatch.setattr(rnnkit.cli, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(rnnkit.cli.torch.cuda, "is_available", lambda: False)
+    parser = build_parser()
+
+    def bf16(*argv: str) -> bool:
+        return train_config(parser.parse_args(["train", *argv]), get_app(argv[0]).TRAIN_DEFAULTS).bf16
+
+    assert bf16("charlm") is has_bf16
+    assert bf16("charlm", "--bf16") is True and bf16("charlm", "--no-bf16") is False
+    assert bf16("sentiment") is False and bf16("sentiment", "--bf16") is True
+    demo = parser.parse_args(["train", "charlm", *get_app("charlm").DEMO_FLAGS])
+    assert demo.bf16 is False, "the demo runs in float32 on every CPU: the same run everywhere"
+
+
+@pytest.mark.skipif(
+    not (Path("/proc/cpuinfo").is_file() and platform.machine() in ("x86_64", "AMD64")),
+    reason="reads an x86 CPU's flags from Linux's /proc/cpuinfo",
+)
+def test_cpu_has_bf16_agrees_with_the_cpu_flags():
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = set(next(line for line in lines if line.startswith("flags")).split())
+    assert cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def error_of(capsys, argv):

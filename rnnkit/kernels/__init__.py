@@ -38,6 +38,14 @@ _forced = os.environ.get("RNNKIT_BACKEND", "auto")
 _last_backend = "none"
 
 
+def cpu_has_bf16() -> bool:
+    """True when this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). bf16 mode
+    (``TrainConfig.bf16``) is then faster than float32; without them autocast's bf16 GEMMs are
+    emulated and slower, so ``bf16="auto"`` means this."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 @contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Force ``"native"`` or ``"reference"`` (or ``"auto"``) inside a ``with`` block."""
