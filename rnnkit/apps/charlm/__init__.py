@@ -23,7 +23,7 @@ NAME = "charlm"
 CELL_CHOICES = tuple(CELLS)
 #: This application's defaults for the shared training options (the CLI shows them).
 #: The full default run (README): 2x512, dropout 0.3, 8,000 steps in bf16 mode, about 48 minutes
-#: on 2 CPU cores with bf16 instructions; on a CPU without them it runs in float32, about 1.5x longer.
+#: on 2 CPU cores with bf16 instructions; on a CPU without them it runs in float32, about 1.4x longer.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 8000, "batch_size": 64, "bptt_steps": 100, "lr": 2e-3, "clip_norm": 5.0,
     "schedule": "cosine", "warmup_steps": 100, "eval_every": 500, "checkpoint_every": 500, "bf16": "auto",
