@@ -83,6 +83,11 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
         help=f"save the weights of the best evaluation, not the last (default: {'on' if base.restore_best else 'off'})",
     )  # fmt: skip
     best.add_argument("--no-restore-best", dest="restore_best", action="store_false", help="save the last weights")
+    ema = "off" if base.ema_decay is None else base.ema_decay
+    group.add_argument(
+        "--ema-decay", type=float, default=base.ema_decay,
+        help=f"evaluate and save a moving average of the weights with this decay, e.g. 0.999 (default: {ema})",
+    )  # fmt: skip
     bf16_default = defaults.get("bf16", False)
     shown = "on where the CPU has bf16 instructions" if bf16_default == "auto" else ("on" if bf16_default else "off")
     group.add_argument(
@@ -104,7 +109,7 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any]) -> TrainCon
         schedule=schedule, warmup_steps=args.warmup_steps, clip_norm=clip_norm,
         clip_value=args.clip_value, eval_every=args.eval_every, early_stop_patience=args.early_stop_patience,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
-        restore_best=args.restore_best, bf16=resolve_bf16(args.bf16),
+        restore_best=args.restore_best, ema_decay=args.ema_decay or None, bf16=resolve_bf16(args.bf16),
     )  # fmt: skip
 
 

@@ -7,7 +7,8 @@ It owns everything that is not the cell's maths:
 - **lengths**: per-sequence lengths become a ``(T, N, 1)`` mask; states are held and outputs
   zeroed past each length, so ``h_n`` is each sequence's state at its true last step;
 - **direction and layers**: the reverse direction runs t = T-1 ... 0; bidirectional outputs are
-  concatenated ``[forward, reverse]`` along features; dropout sits between layers in training;
+  concatenated ``[forward, reverse]`` along features; dropout sits between layers in training,
+  and ``weight_dropout`` drops elements of each ``weight_hh`` once per pass (DropConnect);
 - **truncation**: :func:`detach_state` cuts the graph at a TBPTT chunk boundary;
 - **dispatch**: :func:`rnnkit.kernels.select` picks the backend per call.
 
@@ -39,6 +40,7 @@ class SequenceLayer(Protocol):
     num_directions: int
     batch_first: bool
     dropout: float
+    weight_dropout: float
     training: bool
 
     def layer_weights(self) -> Sequence[Sequence[Weights]]: ...
@@ -52,6 +54,9 @@ def detach_state(state: State) -> State:
 def run(layer: SequenceLayer, input: Tensor | PackedSequence, hx: Any = None, lengths: Any = None) -> tuple[Any, State]:
     """Run ``layer`` over ``input``; returns ``(output, h_n)`` shaped as ``torch.nn`` does."""
     layer_weights = layer.layer_weights()
+    if layer.weight_dropout > 0 and layer.training:  # one DropConnect mask per pass, shared by all time steps
+        p = layer.weight_dropout
+        layer_weights = [[w._replace(weight_hh=F.dropout(w.weight_hh, p)) for w in directions] for directions in layer_weights]
     x, lengths, restore = _to_time_major(layer, input, lengths, layer_weights[0][0].weight_ih)
     steps, batch = x.shape[:2]
     states = _initial_states(layer, hx, batch, x, unbatched=restore.unbatched)

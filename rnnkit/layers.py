@@ -45,6 +45,12 @@ class RecurrentLayer(nn.Module):
     ``init`` picks the initialisation (:func:`rnnkit.cells.base.init_weights_`): ``"rnnkit"``
     (Xavier input weights, orthogonal recurrent blocks, LSTM forget bias 1; the default),
     ``"torch"`` (torch's uniform), or ``"identity"`` (IRNN, RNN only).
+
+    ``weight_dropout`` (rnnkit's addition, AWD-LSTM's DropConnect; Merity et al. 2018): in
+    training, each forward pass runs with a dropped copy of every ``weight_hh``, each element
+    zeroed with this probability and the rest scaled by ``1 / (1 - p)``. One mask serves all
+    time steps of the pass, so the recurrence is regularised without touching its fast path.
+    In eval mode the weights are used as they are (``to_torch`` does not carry it over).
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class RecurrentLayer(nn.Module):
         bidirectional: bool = False,
         *,
         init: str = "rnnkit",
+        weight_dropout: float = 0.0,
         proj_size: int = 0,
         device: Any = None,
         dtype: torch.dtype | None = None,
@@ -69,6 +76,8 @@ class RecurrentLayer(nn.Module):
         self.num_layers = check_size("num_layers", num_layers)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        if isinstance(weight_dropout, bool) or not isinstance(weight_dropout, (int, float)) or not 0 <= weight_dropout < 1:
+            raise ValueError(f"weight_dropout must be a number in [0, 1), got {weight_dropout!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 f"dropout={dropout} has no effect with num_layers=1: it applies between layers", UserWarning, stacklevel=3
@@ -76,7 +85,7 @@ class RecurrentLayer(nn.Module):
         if proj_size != 0:
             raise ValueError(f"proj_size is not supported by rnnkit (must be 0), got {proj_size!r}")
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
-        self.dropout = float(dropout)
+        self.dropout, self.weight_dropout = float(dropout), float(weight_dropout)
         self.num_directions = 2 if bidirectional else 1
         self.init = check_init(init, recurrence)
 
@@ -152,7 +161,8 @@ class RecurrentLayer(nn.Module):
             parts.append(f"num_layers={self.num_layers}")
         if extra := self.recurrence.extra_repr():
             parts.append(extra)
-        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+        defaults = (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False), ("weight_dropout", 0.0))
+        for name, default in defaults:
             if getattr(self, name) != default:
                 parts.append(f"{name}={getattr(self, name)}")
         return ", ".join(parts)
@@ -185,10 +195,11 @@ class RNN(RecurrentLayer):
         dtype: torch.dtype | None = None,
         *,
         init: str = "rnnkit",
+        weight_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             RNNRecurrence(hidden_size, nonlinearity), input_size, num_layers, bias, batch_first, dropout, bidirectional,
-            init=init, device=device, dtype=dtype,
+            init=init, weight_dropout=weight_dropout, device=device, dtype=dtype,
         )  # fmt: skip
 
 
@@ -220,10 +231,11 @@ class LSTM(RecurrentLayer):
         dtype: torch.dtype | None = None,
         *,
         init: str = "rnnkit",
+        weight_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             LSTMRecurrence(hidden_size), input_size, num_layers, bias, batch_first, dropout, bidirectional,
-            init=init, proj_size=proj_size, device=device, dtype=dtype,
+            init=init, weight_dropout=weight_dropout, proj_size=proj_size, device=device, dtype=dtype,
         )  # fmt: skip
 
 
@@ -252,8 +264,9 @@ class GRU(RecurrentLayer):
         *,
         reset_after: bool = False,
         init: str = "rnnkit",
+        weight_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             GRURecurrence(hidden_size, reset_after), input_size, num_layers, bias, batch_first, dropout, bidirectional,
-            init=init, device=device, dtype=dtype,
+            init=init, weight_dropout=weight_dropout, device=device, dtype=dtype,
         )  # fmt: skip

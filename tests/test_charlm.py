@@ -119,3 +119,24 @@ def test_generation_bad_input(trained):
 def test_model_directory_holds_everything(trained):
     out = Path(trained[0])
     assert {"model.safetensors", "config.json", "metrics.jsonl", "curves.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_loss_breakdown_by_kind_of_character():
+    """benchmarks/charlm_breakdown.py: speaker lines, names' letters, and whether the same
+    speaker line appeared just before, on a hand-made text whose losses are the positions."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "charlm_breakdown.py"
+    spec = importlib.util.spec_from_file_location("charlm_breakdown", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = "AB:\nxy\n\nAB:\nz\n"  # speaker lines at 0-3 and 8-11
+    losses = torch.arange(len(text), dtype=torch.float)
+    result = module.breakdown(losses, text)
+    assert result["speaker lines"]["share_of_chars"] == pytest.approx(8 / 14)
+    assert result["speaker lines"]["nats_per_char"] == pytest.approx((0 + 1 + 2 + 3 + 8 + 9 + 10 + 11) / 8)
+    assert result["verse and prose"]["nats_per_char"] == pytest.approx((4 + 5 + 6 + 7 + 12 + 13) / 6)
+    assert result["name, first letter"]["nats_per_char"] == pytest.approx((0 + 8) / 2)
+    assert result["name, other letters, seen in the previous 500 characters"]["nats_per_char"] == pytest.approx(9)
+    assert result["name, other letters, not seen in the previous 500 characters"]["nats_per_char"] == pytest.approx(1)
+    assert result["speaker lines"]["share_of_loss"] == pytest.approx(44 / 91)

@@ -78,6 +78,15 @@ def test_bf16_is_on_by_default_for_the_char_lm_where_the_cpu_has_bf16_and_the_fl
     assert demo.bf16 is False, "the demo runs in float32 on every CPU: the same run everywhere"
 
 
+def test_the_demo_keeps_its_own_training_whatever_the_full_defaults():
+    """The README's demo numbers come from chunks of 100, no weight averaging, float32."""
+    charlm = get_app("charlm")
+    config = train_config(build_parser().parse_args(["train", "charlm", *charlm.DEMO_FLAGS]), charlm.TRAIN_DEFAULTS)
+    assert (config.bptt_steps, config.ema_decay, config.bf16, config.lr, config.batch_size) == (100, None, False, 4e-3, 64)
+    full = train_config(build_parser().parse_args(["train", "charlm", "--no-bf16"]), charlm.TRAIN_DEFAULTS)
+    assert (full.steps, full.bptt_steps, full.ema_decay) == (4000, 200, 0.999)
+
+
 @pytest.mark.skipif(
     not (Path("/proc/cpuinfo").is_file() and platform.machine() in ("x86_64", "AMD64")),
     reason="reads an x86 CPU's flags from Linux's /proc/cpuinfo",
@@ -124,9 +133,24 @@ def test_bad_generation_and_model_dirs(capsys, model_dir, tmp_path):
     assert "does not exist" in error_of(capsys, ["evaluate", "--model", str(tmp_path / "nowhere")])
 
 
+def test_weight_dropout_and_ema_reach_the_model_directory(corpus, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "charlm", "--data", str(corpus), "--steps", "4", "--out", str(out), *TINY]
+    assert main([*argv, "--weight-dropout", "0.25", "--ema-decay", "0.9"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["weight_dropout"] == 0.25 and config["train"]["ema_decay"] == 0.9
+    assert rnnkit.load(out).model.rnn.weight_dropout == 0.25
+
+
 def test_bad_training_options(capsys, model_dir, corpus, tmp_path):
     assert "steps must be a positive integer, got 0" in error_of(
         capsys, ["train", "charlm", "--steps", "0", "--out", str(tmp_path)]
+    )
+    assert "ema_decay must be a number in (0, 1) or None, got 1.5" in error_of(
+        capsys, ["train", "charlm", "--steps", "1", "--ema-decay", "1.5", "--out", str(tmp_path)]
+    )
+    assert "weight_dropout must be a number in [0, 1), got 1.0" in error_of(
+        capsys, ["train", "charlm", "--data", str(corpus), "--steps", "1", "--weight-dropout", "1", "--out", str(tmp_path), *TINY]
     )
     err = error_of(capsys, ["train", "charlm", "--data", str(corpus), "--steps", "2", "--out", str(model_dir), *TINY])
     assert "already holds checkpoints: pass --resume" in err

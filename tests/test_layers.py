@@ -220,6 +220,37 @@ def test_dropout_between_layers_only_in_training():
     assert not torch.allclose(a, plain(x)[0]), "dropout acts in training"
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_weight_dropout_is_one_dropconnect_mask_per_pass(kind):
+    """In training, a pass equals the plain layer run with every ``weight_hh`` dropped once
+    (F.dropout's mask and 1/(1-p) scale, drawn in layer and direction order); gradients reach
+    the real weights through that mask. In eval mode the weights are used as they are."""
+    cls, _, kwargs = KINDS[kind]
+    p = 0.4
+    layer = cls(I, H, num_layers=2, bidirectional=True, weight_dropout=p, **kwargs)
+    plain = cls(I, H, num_layers=2, bidirectional=True, **kwargs)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(T, N, I)
+    layer.eval()
+    assert torch.equal(layer(x)[0], plain(x)[0]), "weight dropout is off in eval"
+
+    layer.train()
+    torch.manual_seed(3)
+    out = layer(x)[0]
+    out.square().sum().backward()
+    torch.manual_seed(3)
+    names = [names.weight_hh for directions in layer._weight_names for names in directions]
+    dropped = {name: torch.nn.functional.dropout(getattr(plain, name).detach(), p).requires_grad_() for name in names}
+    expected = torch.func.functional_call(plain, dropped, (x,))[0]
+    expected.square().sum().backward()
+    assert_close(out, expected, torch.float32)
+    for name in names:
+        kept = (dropped[name] != 0).float() / (1 - p)
+        assert (dropped[name] == 0).any() and (dropped[name] != 0).any(), "the mask drops some weights, not all"
+        assert_close(getattr(layer, name).grad, dropped[name].grad * kept, torch.float32)
+    assert "weight_dropout=0.4" in repr(layer)
+
+
 class _CountElements(TorchDispatchMode):
     """Counts the elements every op writes: proportional to the work of a forward pass."""
 
@@ -327,6 +358,8 @@ def test_bad_forward_input(call, error, message):
         (lambda: GRU(I, -2), ValueError, "hidden_size must be a positive integer, got -2"),
         (lambda: RNN(I, H, num_layers=0), ValueError, "num_layers must be a positive integer, got 0"),
         (lambda: LSTM(I, H, num_layers=2, dropout=1.5), ValueError, r"dropout must be a number in \[0, 1\], got 1.5"),
+        (lambda: LSTM(I, H, weight_dropout=1.0), ValueError, r"weight_dropout must be a number in \[0, 1\), got 1.0"),
+        (lambda: GRU(I, H, weight_dropout=True), ValueError, r"weight_dropout must be a number in \[0, 1\), got True"),
         (lambda: RNN(I, H, nonlinearity="gelu"), ValueError, "nonlinearity must be 'tanh' or 'relu', got 'gelu'"),
         (lambda: LSTM(I, H, proj_size=2), ValueError, "proj_size is not supported"),
         (lambda: GRU(I, H, reset_after="yes"), TypeError, "reset_after must be a bool"),

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 from toy_training import ToyTask, build, corpus
 
+from conftest import assert_close
 from rnnkit import LSTMState
 from rnnkit.train import (
     Batch,
@@ -309,6 +310,50 @@ def test_early_stopping(tmp_path):
     assert result.stopped == "early_stop" and result.step == 4 and result.best == 2.0
 
 
+def test_ema_evaluates_and_exports_the_moving_average_and_leaves_training_alone(tmp_path):
+    """With ema_decay d, after update s the average is ``e = m e + (1 - m) w_s``, ``m = min(d,
+    (1 + s) / (10 + s))``, from the initial weights; evaluations score it and the model
+    directory holds it, while the training weights follow exactly the run without it."""
+    decay, steps = 0.8, 12
+    plain = build(config(tmp_path, steps=steps, eval_every=6, checkpoint_every=steps, out=str(tmp_path / "plain")))
+    plain.fit()
+    trainer = build(config(tmp_path, steps=steps, eval_every=6, checkpoint_every=steps, ema_decay=decay))
+    seen, inner = [], trainer.task.loss
+    trainer.task.loss = lambda model, *a: (seen.append(_cloned_params(trainer.model)), inner(model, *a))[1]
+    scored, evaluate = [], trainer.task.evaluate
+    trainer.task.evaluate = lambda model: (scored.append(_cloned_params(model)), evaluate(model))[1]
+    trainer.fit()
+    training = ckpt.load_latest(tmp_path / "run" / "checkpoints")[0]["model"]
+    assert_identical(training, ckpt.load_latest(tmp_path / "plain" / "checkpoints")[0]["model"])
+
+    after_update = [*seen[1:], training]  # the weights after updates 1 .. steps
+    average = dict(seen[0])
+    averages = []
+    for s, w in enumerate(after_update, start=1):
+        m = min(decay, (1 + s) / (10 + s))
+        average = {k: m * average[k] + (1 - m) * w[k] for k in average}
+        averages.append(average)
+    for name, value in weights(tmp_path / "run").items():
+        assert_close(value, average[name], torch.float32)
+        assert not torch.allclose(value, training[name]), f"{name}: the average, not the last weights"
+    assert len(scored) == 2
+    for evaluated, step in zip(scored, (6, 12)):
+        for name, value in evaluated.items():
+            assert_close(value, averages[step - 1][name], torch.float32)
+    assert_identical(weights(tmp_path / "plain"), training)  # without ema_decay: the last weights
+
+
+def _cloned_params(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_ema_resumes_exactly(tmp_path):
+    build(config(tmp_path, steps=10, checkpoint_every=5, ema_decay=0.9, out=str(tmp_path / "whole"))).fit()
+    build(config(tmp_path, steps=5, checkpoint_every=5, ema_decay=0.9)).fit()
+    build(config(tmp_path, steps=10, checkpoint_every=5, ema_decay=0.9, resume=True)).fit()
+    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "run"))
+
+
 def test_minutes_budget_and_outputs(tmp_path):
     result = build(config(tmp_path, steps=None, minutes=0.002, eval_every=1000)).fit()
     assert result.stopped == "time" and result.step >= 1
@@ -326,6 +371,8 @@ def test_config_errors():
         TrainConfig(steps=1, bptt_steps=0)
     with pytest.raises(ValueError, match="lr must be a positive number, got nan"):
         TrainConfig(steps=1, lr=math.nan)
+    with pytest.raises(ValueError, match=r"ema_decay must be a number in \(0, 1\) or None, got 1.0"):
+        TrainConfig(steps=1, ema_decay=1.0)
     with pytest.raises(ValueError, match="optimizer must be one of adam, adamw, sgd, got 'rmsprop'"):
         TrainConfig(steps=1, optimizer="rmsprop")
 

@@ -40,6 +40,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     restore_best: bool = False  # export the weights of the best evaluation, not the last (Keras restore_best_weights)
+    ema_decay: float | None = None  # evaluate and export an exponential moving average of the weights
     bf16: bool = False  # mixed precision: forward and backward under torch.autocast("cpu", dtype=torch.bfloat16)
     nan_patience: int = 5  # consecutive non-finite steps before training stops
     progress: bool = True
@@ -59,6 +60,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float)) and 0 < self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be a number in (0, 1) or None, got {self.ema_decay!r}")
         if self.clip_value is not None and self.clip_norm is not None:
             raise ValueError("clip_norm and clip_value are exclusive: set one of them to None")
         if self.optimizer not in OPTIMIZERS:

@@ -1,5 +1,6 @@
 """The one Trainer every application uses: full or truncated BPTT, clipping, a NaN guard,
-schedules, early stopping, atomic checkpoints with exact resume, logs, and data parallelism.
+schedules, early stopping, weight averaging, atomic checkpoints with exact resume, logs, and
+data parallelism.
 
 An application provides a :class:`Task` (its model, a loss over one batch, an evaluation) and a
 batch source from :mod:`rnnkit.train.data`; everything else is here.
@@ -14,6 +15,8 @@ import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +144,10 @@ class Trainer:
         self.skipped = 0
         self.last_eval: dict[str, float] = {}
         self._interrupted = False
+        # Polyak averaging: evaluations and the exported model use these weights, not the last step's
+        self.ema: dict[str, Tensor] | None = None
+        if config.ema_decay is not None:
+            self.ema = {name: p.detach().clone() for name, p in self.model.named_parameters()}
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -222,6 +229,7 @@ class Trainer:
         self.step += 1
         if math.isfinite(mean_loss) and math.isfinite(norm_value):
             self.optimizer.step()
+            self._update_ema()
             self.carry = detach_state(carry)  # TBPTT: the next chunk starts from here, graph cut
             self.consecutive_bad = 0
         else:
@@ -242,13 +250,43 @@ class Trainer:
         self.scheduler.step()
         return mean_loss, norm_value, batch.tokens
 
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``ema = d * ema + (1 - d) * weights`` after each update, with ``d = min(ema_decay,
+        (1 + step) / (10 + step))`` so that the first steps' weights are not over-weighted."""
+        if self.ema is None:
+            return
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for name, param in self.model.named_parameters():
+            self.ema[name].lerp_(param.detach(), 1 - decay)
+
+    @contextmanager
+    def _evaluated_weights(self) -> Iterator[None]:
+        """Inside: the model holds the weights that evaluations score and exports save (the
+        moving average with ``ema_decay``); the training weights come back on the way out."""
+        if self.ema is None:
+            yield
+            return
+        params = dict(self.model.named_parameters())
+        training = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self.ema[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(training[name])
+
     def _evaluate(self) -> bool:
         """Evaluate on the main process; returns True when early stopping says stop."""
         if not self.context.is_main:
             return False
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._evaluated_weights():
             metrics = self.task.evaluate(self.model)
+            best_weights = _cloned(self.model.state_dict()) if self.config.restore_best else None
         self.model.train()
         if not metrics:
             return False
@@ -259,9 +297,9 @@ class Trainer:
             return False
         if self.best is None or value < self.best:
             self.best, self.best_step, self.evals_since_best = value, self.step, 0
-            if self.config.restore_best:
+            if best_weights is not None:
                 self.out.mkdir(parents=True, exist_ok=True)
-                ckpt.atomic_save_tensors(self.out / BEST_WEIGHTS, _cloned(self.model.state_dict()))
+                ckpt.atomic_save_tensors(self.out / BEST_WEIGHTS, best_weights)
         else:
             self.evals_since_best += 1
         patience = self.config.early_stop_patience
@@ -318,6 +356,8 @@ class Trainer:
                          "consecutive_bad": self.consecutive_bad, "skipped": self.skipped},
         }  # fmt: skip
         tensors = {"model": _cloned(self.model.state_dict()), "optimizer": optimizer_tensors, "state": {"rng": rng, **carry}}
+        if self.ema is not None:
+            tensors["ema"] = _cloned(self.ema)
         ckpt.save_checkpoint(self.checkpoints, self.step, tensors, meta)
         ckpt.prune(self.checkpoints, self.config.keep_checkpoints, {self.best_step} if self.best_step else set())
 
@@ -325,6 +365,9 @@ class Trainer:
         if meta.get("model") != _jsonable(self.task.describe()):
             raise ValueError("the checkpoint in --out was made for a different model; choose another --out")
         self.model.load_state_dict(tensors["model"])
+        if self.ema is not None:  # a checkpoint made without ema_decay starts the average here
+            saved = tensors.get("ema") or {}
+            self.ema = {name: saved.get(name, p.detach()).clone() for name, p in self.model.named_parameters()}
         self.optimizer.load_state_dict(_optimizer_from_flat(tensors["optimizer"], meta["optimizer"]))
         self.scheduler.load_state_dict(meta["scheduler"])
         self.data.load_state_dict(meta["data"])
@@ -360,6 +403,10 @@ class Trainer:
         if self.config.restore_best and (self.out / BEST_WEIGHTS).is_file():
             self.model.load_state_dict(ckpt.load_tensors(self.out / BEST_WEIGHTS))
             extra.update(weights_from_step=self.best_step, metrics={self.task.metric: self.best})
+        elif self.ema is not None:
+            with torch.no_grad():
+                for name, p in self.model.named_parameters():
+                    p.copy_(self.ema[name])
         self.model.eval()
         save_model(self.out, self.task.name, self.task.final_description(), self.model, extra=extra)
         records = self.log.read()

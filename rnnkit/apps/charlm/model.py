@@ -25,6 +25,7 @@ class CharLMConfig:
     hidden: int = 256
     layers: int = 2
     dropout: float = 0.0
+    weight_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -33,14 +34,18 @@ class CharLMConfig:
 
 class CharLM(nn.Module):
     """``tokens (N, T) -> logits (N, T, V)``: embedding, ``layers`` of ``cell`` with dropout
-    between them and before the output layer ``y_t = softmax(W_hy h_t + b_y)``."""
+    between them and before the output layer ``y_t = softmax(W_hy h_t + b_y)``, and
+    ``weight_dropout`` (DropConnect) on the recurrent weights ``W_hh``."""
 
     def __init__(self, config: CharLMConfig) -> None:
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.embedding)
         between = config.dropout if config.layers > 1 else 0.0
-        self.rnn = CELLS[config.cell](config.embedding, config.hidden, config.layers, batch_first=True, dropout=between)
+        self.rnn = CELLS[config.cell](
+            config.embedding, config.hidden, config.layers, batch_first=True, dropout=between,
+            weight_dropout=config.weight_dropout,
+        )  # fmt: skip
         self.drop = nn.Dropout(config.dropout)
         self.head = OutputLayer(config.hidden, config.vocab_size, activation="softmax")
 
