@@ -267,17 +267,12 @@ class Trainer:
         if self.ema is None:
             yield
             return
-        params = dict(self.model.named_parameters())
-        training = {name: p.detach().clone() for name, p in params.items()}
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(self.ema[name])
+        training = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+        _copy_into_parameters(self.model, self.ema)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(training[name])
+            _copy_into_parameters(self.model, training)
 
     def _evaluate(self) -> bool:
         """Evaluate on the main process; returns True when early stopping says stop."""
@@ -286,20 +281,20 @@ class Trainer:
         self.model.eval()
         with torch.no_grad(), self._evaluated_weights():
             metrics = self.task.evaluate(self.model)
-            best_weights = _cloned(self.model.state_dict()) if self.config.restore_best else None
+            value = metrics.get(self.task.metric)
+            improved = value is not None and (self.best is None or value < self.best)
+            if improved and self.config.restore_best:  # the weights just scored
+                self.out.mkdir(parents=True, exist_ok=True)
+                ckpt.atomic_save_tensors(self.out / BEST_WEIGHTS, _cloned(self.model.state_dict()))
         self.model.train()
         if not metrics:
             return False
         self.last_eval = metrics
         self.log.write({"kind": "eval", "step": self.step, **metrics})
-        value = metrics.get(self.task.metric)
         if value is None:
             return False
-        if self.best is None or value < self.best:
+        if improved:
             self.best, self.best_step, self.evals_since_best = value, self.step, 0
-            if best_weights is not None:
-                self.out.mkdir(parents=True, exist_ok=True)
-                ckpt.atomic_save_tensors(self.out / BEST_WEIGHTS, best_weights)
         else:
             self.evals_since_best += 1
         patience = self.config.early_stop_patience
@@ -404,9 +399,7 @@ class Trainer:
             self.model.load_state_dict(ckpt.load_tensors(self.out / BEST_WEIGHTS))
             extra.update(weights_from_step=self.best_step, metrics={self.task.metric: self.best})
         elif self.ema is not None:
-            with torch.no_grad():
-                for name, p in self.model.named_parameters():
-                    p.copy_(self.ema[name])
+            _copy_into_parameters(self.model, self.ema)
         self.model.eval()
         save_model(self.out, self.task.name, self.task.final_description(), self.model, extra=extra)
         records = self.log.read()
@@ -434,6 +427,13 @@ class Trainer:
             self._interrupted = True
 
         return signal.signal(signal.SIGINT, handler)
+
+
+@torch.no_grad()
+def _copy_into_parameters(model: nn.Module, values: dict[str, Tensor]) -> None:
+    """Overwrite each parameter of ``model`` in place with ``values[name]``."""
+    for name, param in model.named_parameters():
+        param.copy_(values[name])
 
 
 def _cloned(state: dict[str, Tensor]) -> dict[str, Tensor]:
