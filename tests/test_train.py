@@ -380,8 +380,9 @@ def test_config_errors():
 # -- checkpoints and resume -------------------------------------------------------------------------
 
 
-def run_script(out, *args, check=True):
-    return subprocess.run([sys.executable, SCRIPT, str(out), *args], check=check, capture_output=True, text=True, timeout=300)
+def run_script(out, *args, check=True, env=None):
+    command = [sys.executable, SCRIPT, str(out), *args]
+    return subprocess.run(command, check=check, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_fresh_run_refuses_to_overwrite_and_resume_without_checkpoint_starts(tmp_path):
@@ -475,14 +476,20 @@ def test_ctrl_c_checkpoints_and_stops(tmp_path):
 
 
 def test_two_process_gloo_run_equals_one_process(tmp_path):
-    run_script(tmp_path / "one", "--steps", "12", "--batch-size", "8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count (so the same GEMM sums) in both runs
+    run_script(tmp_path / "one", "--steps", "12", "--batch-size", "8", env=env)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT, str(tmp_path / "two")]
     done = subprocess.run([*command, "--steps", "12", "--batch-size", "8"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]  # torchrun's own message, not just its exit status
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+
+    def losses(run):  # on a mismatch: from which step the two runs part
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [round(row["loss"], 6) for row in rows if row["kind"] == "train"]
+
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-5)
+        report = lambda m, key=key: f"{key}: {m}\none: {losses('one')}\ntwo: {losses('two')}"  # noqa: E731
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-5, msg=report)
 
 
 def test_pruning_keeps_the_last_n_and_the_best(tmp_path):
