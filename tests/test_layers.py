@@ -204,14 +204,21 @@ def test_layer_gradcheck(cls, extra):
     assert torch.autograd.gradcheck(fn, (x, *layer.parameters()))
 
 
-def test_dropout_between_layers_only_in_training():
-    layer = LSTM(I, H, num_layers=3, dropout=0.5)
-    plain = LSTM(I, H, num_layers=3)
+def regularised_and_plain(cls, regularisation: dict, **kwargs):
+    """A layer with a regularisation (``dropout=...``), its plain twin with the same weights, and
+    an input; checks on the way that the regularisation is off in eval mode."""
+    layer = cls(I, H, **kwargs, **regularisation)
+    plain = cls(I, H, **kwargs)
     plain.load_state_dict(layer.state_dict())
     x = torch.randn(T, N, I)
     layer.eval()
-    assert torch.equal(layer(x)[0], plain(x)[0]), "dropout is off in eval"
+    assert torch.equal(layer(x)[0], plain(x)[0]), f"{regularisation} is off in eval"
     layer.train()
+    return layer, plain, x
+
+
+def test_dropout_between_layers_only_in_training():
+    layer, plain, x = regularised_and_plain(LSTM, {"dropout": 0.5}, num_layers=3)
     torch.manual_seed(1)
     a = layer(x)[0]
     torch.manual_seed(1)
@@ -227,14 +234,7 @@ def test_weight_dropout_is_one_dropconnect_mask_per_pass(kind):
     the real weights through that mask. In eval mode the weights are used as they are."""
     cls, _, kwargs = KINDS[kind]
     p = 0.4
-    layer = cls(I, H, num_layers=2, bidirectional=True, weight_dropout=p, **kwargs)
-    plain = cls(I, H, num_layers=2, bidirectional=True, **kwargs)
-    plain.load_state_dict(layer.state_dict())
-    x = torch.randn(T, N, I)
-    layer.eval()
-    assert torch.equal(layer(x)[0], plain(x)[0]), "weight dropout is off in eval"
-
-    layer.train()
+    layer, plain, x = regularised_and_plain(cls, {"weight_dropout": p}, num_layers=2, bidirectional=True, **kwargs)
     torch.manual_seed(3)
     out = layer(x)[0]
     out.square().sum().backward()
