@@ -112,6 +112,19 @@ def test_native_equals_reference_through_every_tile_of_the_small_product(name, d
         torch.testing.assert_close(a, b, **tol, msg=f"result {k}")
 
 
+@pytest.mark.parametrize("inputs", [40, 3], ids=["wide-input", "narrow-input"])
+@pytest.mark.parametrize("name", RECURRENCES)
+def test_native_weight_gradients_sum_long_sequences_in_chunks(name, inputs):
+    """The weight gradients sum over all T*B rows with tiles that read the gate gradients by
+    columns (``transposed_tile_product``), 512 rows at a time, each chunk added to the last:
+    25 steps of 24 sequences are 600 rows, two chunks. With 3 inputs (fewer than a tile's
+    columns) dW_ih is computed as its transpose. fp64 to 1e-10."""
+    recurrence = make_recurrence(name, 20)
+    ours, oracle = native_against_reference(recurrence, batch=24, steps=25, dtype=torch.float64, w_hh_scale=0.2, inputs=inputs)
+    for k, (a, b) in enumerate(zip(ours, oracle)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=f"result {k}")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", RECURRENCES)
 def test_native_equals_reference_with_rows_split_across_threads_or_not(name, threads):
@@ -127,10 +140,11 @@ def test_native_equals_reference_with_rows_split_across_threads_or_not(name, thr
 @pytest.mark.parametrize("name", RECURRENCES)
 def test_native_equals_reference_where_large_products_go_through_onednn(name):
     """At a charLM's size (B=64, H=256, I=16) the float32 per-step products are past the
-    kernel's oneDNN threshold (``kOneDnnMinMacs``), and so are both weight gradients, whose
-    operands the kernel transposes in chunks of 2^22 elements: for the LSTM (4 x 256 gate rows)
-    4,096 rows, so 72 steps of 64 sequences are two chunks. Lengths, bias, an initial state and
-    reverse time."""
+    kernel's oneDNN threshold (``kOneDnnMinMacs``). The LSTM's dW_hh (4,608 x 1,024 x 256, 1.2 G
+    multiply-adds) is past ``kTileWeightMaxMacs`` too and goes through oneDNN, its operands
+    transposed in chunks of 2^22 elements: 4,096 rows, so 72 steps of 64 sequences are two
+    chunks; the other weight gradients take the tiles that read the gate gradients by columns
+    (dW_ih, with 16 inputs, as its transpose). Lengths, bias, an initial state and reverse time."""
     recurrence = make_recurrence(name, 256)
     results = native_against_reference(recurrence, batch=64, steps=72, dtype=torch.float32, w_hh_scale=0.06, inputs=16)
     for k, (ours, oracle) in enumerate(zip(*results)):
