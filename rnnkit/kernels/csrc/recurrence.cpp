@@ -278,7 +278,14 @@ void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t
     Vec acc[ROWS][kVecs] = {};
     for (int64_t k = 0; k < K; ++k) {
       Vec bk[kVecs];
-      for (int64_t v = 0; v < kVecs; ++v) bk[v] = *reinterpret_cast<const VecUnaligned*>(b + k * ldb + v * kLanes);
+      for (int64_t v = 0; v < kVecs; ++v) {
+        bk[v] = *reinterpret_cast<const VecUnaligned*>(b + k * ldb + v * kLanes);
+#ifdef RNNKIT_X86
+        // pinned to a register: else GCC folds the load into each multiply-add as a memory
+        // operand (tiles of 4 rows: 20 loads for 16 multiply-adds, and the loads were the limit)
+        asm("" : "+v"(bk[v]));
+#endif
+      }
       for (int64_t i = 0; i < ROWS; ++i) {
         const T av = a[i * lda + k * a_step];
         for (int64_t v = 0; v < kVecs; ++v) acc[i][v] += bk[v] * av;
