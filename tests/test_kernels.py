@@ -116,11 +116,25 @@ def test_native_equals_reference_through_every_tile_of_the_small_product(name, d
 @pytest.mark.parametrize("name", RECURRENCES)
 def test_native_weight_gradients_sum_long_sequences_in_chunks(name, inputs):
     """The weight gradients sum over all T*B rows with tiles that read the gate gradients by
-    columns (``transposed_tile_product``), 512 rows at a time, each chunk added to the last:
-    25 steps of 24 sequences are 600 rows, two chunks. With 3 inputs (fewer than a tile's
-    columns) dW_ih is computed as its transpose. fp64 to 1e-10."""
+    columns (``transposed_tile_products``), 512 rows at a time, each chunk added to the last,
+    with the bias gradients (column sums) from the same pass: 25 steps of 24 sequences are 600
+    rows, two chunks. With 3 inputs (fewer than a tile's columns) dW_ih is computed as its
+    transpose. fp64 to 1e-10."""
     recurrence = make_recurrence(name, 20)
     ours, oracle = native_against_reference(recurrence, batch=24, steps=25, dtype=torch.float64, w_hh_scale=0.2, inputs=inputs)
+    for k, (a, b) in enumerate(zip(ours, oracle)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=f"result {k}")
+
+
+@pytest.mark.parametrize("name", RECURRENCES)
+def test_native_equals_reference_where_the_step_loops_fetch_ahead(name):
+    """With each thread running its own rows and gate buffers too large for the cache (here at
+    least 4,200 steps x 8 sequences x 16 float64, over 4 MiB), the step loops ask for the next
+    step's rows ahead of use (``fetch_ahead``); a hint that must not change a result. fp64 to
+    1e-10, 2 threads."""
+    with intra_op_threads(2):
+        recurrence = make_recurrence(name, 16)
+        ours, oracle = native_against_reference(recurrence, batch=8, steps=4200, dtype=torch.float64, w_hh_scale=0.2)
     for k, (a, b) in enumerate(zip(ours, oracle)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=f"result {k}")
 

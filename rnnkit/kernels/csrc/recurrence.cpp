@@ -267,7 +267,7 @@ template <typename T, int64_t ROWS, int64_t COLS>
 void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t lda, int64_t a_step,
                   const T* __restrict b, int64_t ldb, int64_t K, int64_t cols, const T* __restrict bias, bool accumulate) {
   // a[i * lda + k * a_step]: a's rows (a_step 1), or its columns (lda 1: out = a^T b, see
-  // transposed_tile_product); either way one broadcast per row and k
+  // transposed_tile_products); either way one broadcast per row and k
   if (cols == COLS) {  // the common case: whole 64-byte vectors, in registers
     // b's row is loaded into registers once per k and used by every row of the tile (written
     // as plain arrays, GCC reloaded it from memory for each row: a load per multiply-add)
@@ -323,14 +323,14 @@ void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t
 // from L2 rather than memory; the later chunks add to out (the bias comes with the first).
 template <typename T>
 void product_task(T* out, int64_t ldo, const T* a, int64_t lda, int64_t a_step, const T* b, int64_t ldb, int64_t K,
-                  int64_t m0, int64_t m1, int64_t n0, int64_t width, const T* bias) {
+                  int64_t m0, int64_t m1, int64_t n0, int64_t width, const T* bias, bool accumulate = false) {
   constexpr int64_t kCols = kTileBytes / sizeof(T), kChunk = 512;
   for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
     const int64_t k_len = std::min(kChunk, K - k0);
     const T* ak = a + k0 * a_step;
     const T* bk = b + k0 * ldb;
     const T* bias_k = k0 == 0 ? bias : nullptr;
-    const bool more = k0 > 0;
+    const bool more = accumulate || k0 > 0;
     int64_t m = m0;
     for (; m + 8 <= m1; m += 8) {
       for (int64_t n = n0; n < n0 + width; n += kCols) {
@@ -381,22 +381,63 @@ inline void tile_product(at::Tensor& out, const at::Tensor& a, const at::Tensor&
   });
 }
 
-// out (M, N) = d^T s for d (S, M) and s (S, N), rows contiguous (a weight gradient's sum over all
-// S = T*B rows), by the tiles reading d by columns: no transposed copy. With fewer than a tile's
-// columns in s (an input of 8 features), out^T = s^T d is computed instead and copied across.
-inline void transposed_tile_product(const at::Tensor& out, const at::Tensor& d, const at::Tensor& s) {
-  TORCH_CHECK(d.stride(1) == 1 && s.stride(1) == 1 && out.stride(1) == 1, "rnnkit: transposed_tile_product needs contiguous rows");
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkit_transposed_tile_product", [&] {
-    const int64_t S = d.size(0), M = d.size(1), N = s.size(1);
-    if (N >= kTileBytes / int64_t(sizeof(scalar_t)) || N >= M) {
-      tile_product<scalar_t>(out.data_ptr<scalar_t>(), out.stride(0), d.data_ptr<scalar_t>(), 1, d.stride(0),
-                             s.data_ptr<scalar_t>(), s.stride(0), M, S, N);
-    } else {
+// outs[j] (M, N_j) = d^T s_j for d (S, M) and each s_j (S, N_j), rows contiguous (weight
+// gradients: sums over all S = T*B rows), by the tiles reading d by columns: no transposed copy.
+// Threads take blocks of 64 rows of out (64 columns of d); each runs over S in chunks of 512 rows
+// and does every product's tiles for a chunk while that chunk of d is in L2, so d is read once for
+// all the products (on long-seq, dW_hh's two column tiles and dW_ih's had read the 8 MB of gate
+// gradients three times: a training step took 3.5% longer); with `sums` given, d's column sums
+// (a bias gradient) come from the same pass. A product with fewer columns than a tile (an input of
+// 8 features) is computed as its transpose, out^T = s^T d, and copied across.
+inline void transposed_tile_products(const std::vector<at::Tensor>& outs, const at::Tensor& d,
+                                     const std::vector<at::Tensor>& ss, const at::Tensor& sums) {
+  TORCH_CHECK(d.stride(1) == 1, "rnnkit: transposed_tile_products needs contiguous rows");
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "rnnkit_transposed_tile_products", [&] {
+    constexpr int64_t kCols = kTileBytes / sizeof(scalar_t), kWide = 2 * kCols, kBlockRows = 64, kChunk = 512;
+    const int64_t S = d.size(0), M = d.size(1);
+    const scalar_t* dp = d.data_ptr<scalar_t>();
+    std::vector<size_t> direct;
+    for (size_t j = 0; j < outs.size(); ++j) {
+      const at::Tensor &out = outs[j], &s = ss[j];
+      TORCH_CHECK(s.stride(1) == 1 && out.stride(1) == 1, "rnnkit: transposed_tile_products needs contiguous rows");
+      if (s.size(1) >= kCols || s.size(1) >= M) {
+        direct.push_back(j);
+        continue;
+      }
+      const int64_t N = s.size(1);
       at::Tensor out_t = at::empty({N, M}, out.options());
-      tile_product<scalar_t>(out_t.data_ptr<scalar_t>(), M, s.data_ptr<scalar_t>(), 1, s.stride(0), d.data_ptr<scalar_t>(),
-                             d.stride(0), N, S, M);
+      tile_product<scalar_t>(out_t.data_ptr<scalar_t>(), M, s.data_ptr<scalar_t>(), 1, s.stride(0), dp, d.stride(0), N, S, M);
       out.copy_(out_t.t());
     }
+    scalar_t* sum_p = sums.defined() ? sums.data_ptr<scalar_t>() : nullptr;
+    if (direct.empty() && !sum_p) return;
+    at::parallel_for(0, (M + kBlockRows - 1) / kBlockRows, 1, [&](int64_t begin, int64_t end) {
+      FlushDenormals flush;
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t m0 = block * kBlockRows, m1 = std::min(M, m0 + kBlockRows);
+        if (sum_p) std::fill(sum_p + m0, sum_p + m1, scalar_t(0));
+        for (int64_t k0 = 0; k0 < S; k0 += kChunk) {
+          const int64_t k_len = std::min(kChunk, S - k0);
+          if (sum_p) {  // a chunk's sum, then the total: error of 512 + S/512 additions, not S
+            scalar_t chunk[kBlockRows] = {};
+            for (int64_t k = k0; k < k0 + k_len; ++k) {
+              const scalar_t* __restrict row = dp + k * d.stride(0) + m0;
+              for (int64_t m = 0; m < m1 - m0; ++m) chunk[m] += row[m];
+            }
+            for (int64_t m = 0; m < m1 - m0; ++m) sum_p[m0 + m] += chunk[m];
+          }
+          for (size_t j : direct) {
+            const at::Tensor &out = outs[j], &s = ss[j];
+            const int64_t N = s.size(1);
+            for (int64_t n0 = 0; n0 < N; n0 += kWide) {
+              product_task<scalar_t>(out.data_ptr<scalar_t>(), out.stride(0), dp + k0 * d.stride(0), 1, d.stride(0),
+                                     s.data_ptr<scalar_t>() + k0 * s.stride(0), s.stride(0), k_len, m0, m1, n0,
+                                     std::min(kWide, N - n0), nullptr, k0 > 0);
+            }
+          }
+        }
+      }
+    });
   });
 }
 
@@ -528,7 +569,7 @@ at::Tensor transposed(const at::Tensor& m) {
 
 // Weight gradients sum over all S = T*B rows: out (M, N) = d^T s for d (S, M) and s (S, N), both
 // with contiguous rows. Up to kTileWeightMaxMacs multiply-adds our tiles read d by columns
-// (transposed_tile_product); measured on the Zen 5 host, 2 threads, against the transposed copies
+// (transposed_tile_products); measured on the Zen 5 host, 2 threads, against the transposed copies
 // plus oneDNN below: small-ts dW_hh (S=1536, M=256, N=64) 102 against 175 us, its dW_ih (N=8) 17
 // against 103 us, long-seq dW_hh (4000, 512, 128) 1.08 against 1.53 ms, charLM dW_ih (6400, 1024,
 // 64) 2.3 against 4.7 ms; at charLM's dW_hh (6400, 1024, 256: 1.7 G) 10.9 against 10.2 ms, and
@@ -544,13 +585,18 @@ struct WeightGradient {
   at::Tensor out, d, s;
 };
 
-void weight_gradients(const std::vector<WeightGradient>& jobs, bool bf16) {
-  std::vector<const WeightGradient*> large;
+// out (M) = the column sums of d (S, M): a bias gradient
+struct ColumnSum {
+  at::Tensor out, d;
+};
+
+void weight_gradients(const std::vector<WeightGradient>& jobs, std::vector<ColumnSum> sums, bool bf16) {
+  std::vector<const WeightGradient*> large, tiled;
   int64_t widest = 1;
   for (const auto& job : jobs) {
     const bool one_dtype = job.d.scalar_type() == job.out.scalar_type() && job.s.scalar_type() == job.out.scalar_type();
     if (!bf16 && one_dtype && job.d.size(0) * job.d.size(1) * job.s.size(1) < kTileWeightMaxMacs) {
-      transposed_tile_product(job.out, job.d, job.s);
+      tiled.push_back(&job);
     } else if (!bf16 && job.d.scalar_type() == at::kFloat && job.s.scalar_type() == at::kFloat && onednn_linear() != nullptr &&
         job.d.size(0) * job.d.size(1) * job.s.size(1) >= kOneDnnMinMacs) {
       large.push_back(&job);
@@ -559,6 +605,24 @@ void weight_gradients(const std::vector<WeightGradient>& jobs, bool bf16) {
       product(job.out, job.d.t(), job.s);
     }
   }
+  const auto same = [](const at::Tensor& a, const at::Tensor& b) { return a.data_ptr() == b.data_ptr() && a.sizes() == b.sizes(); };
+  while (!tiled.empty()) {  // the products of one d together, with its column sums if asked for
+    const at::Tensor d = tiled[0]->d;
+    std::vector<at::Tensor> outs, ss;
+    for (auto it = tiled.begin(); it != tiled.end();) {
+      if (same((*it)->d, d)) {
+        outs.push_back((*it)->out), ss.push_back((*it)->s);
+        it = tiled.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto sum = std::find_if(sums.begin(), sums.end(), [&](const ColumnSum& c) { return same(c.d, d) && c.out.is_contiguous(); });
+    at::Tensor sum_out;
+    if (sum != sums.end()) sum_out = sum->out, sums.erase(sum);
+    transposed_tile_products(outs, d, ss, sum_out);
+  }
+  for (const ColumnSum& sum : sums) sum.out.copy_(sum.d.sum(0));
   if (large.empty()) return;
   const int64_t S = large[0]->d.size(0), chunk = std::max<int64_t>(256, (int64_t(1) << 22) / widest);
   for (int64_t r0 = 0; r0 < S; r0 += chunk) {
@@ -589,6 +653,25 @@ inline at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih, 
 struct Saved {
   at::Tensor acts, hprev, cprev, extra;
 };
+
+// Asks for n elements from p to be brought into cache ahead of use (write: to be written). The
+// step loops fetch the next step's rows of the large buffers (gx, acts, the saved states, the
+// gate gradients) while this step computes: interleaved with nn.LSTM's training steps, which
+// push them out of cache, the gate passes of long-seq had taken 60% longer than in a loop alone
+// (with it a long-seq step took 3% less time). Only where each thread runs its own rows
+// (split_rows: a few KB a step) and for buffers too large to stay in cache: on small-ts (1.5 MB
+// of gates) it cost 5%, and on charLM (all 64 rows a step, 256 KB of gx alone) 4.5%.
+inline bool fetch_ahead(bool split, int64_t steps, int64_t B, int64_t GH, size_t bytes) {
+  return split && steps * B * GH * int64_t(bytes) >= (1 << 22);
+}
+template <typename T>
+inline void prefetch(const T* p, int64_t n, bool write) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < n * int64_t(sizeof(T)); off += 64) {
+    if (write) __builtin_prefetch(c + off, 1, 3);
+    else __builtin_prefetch(c + off, 0, 3);
+  }
+}
 
 inline bool is_valid(const uint8_t* valid, int64_t t, int64_t B, int64_t b) { return valid == nullptr || valid[t * B + b]; }
 
@@ -676,7 +759,7 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& x, const at
   T *hp = h.data_ptr<T>(), *cp = kind == LSTM ? c.data_ptr<T>() : nullptr, *g = kind >= GRU_BEFORE ? gh.data_ptr<T>() : nullptr;
   T *acts = s.acts.data_ptr<T>(), *yp = y.data_ptr<T>();
   const T* gxp = gx.data_ptr<T>();
-  const bool split = split_rows(B, H, GH, bf16);
+  const bool split = split_rows(B, H, GH, bf16), ahead = fetch_ahead(split, steps, B, GH, sizeof(T));
 
   // every time step for the rows [b0, b1)
   over_rows(B, split, [&](int64_t b0, int64_t b1) {
@@ -687,6 +770,14 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& x, const at
       T* a = acts + t * B * AW;
       const T* xt = gxp + t * B * GH;
       T* out = yp + t * B * H;
+      if (ahead && k + 1 < steps) {  // the next step's rows
+        const int64_t next = reverse ? t - 1 : t + 1;
+        prefetch(gxp + (next * B + b0) * GH, rows * GH, false);
+        prefetch(acts + (next * B + b0) * AW, rows * AW, true);
+        prefetch(yp + (next * B + b0) * H, rows * H, true);
+        if (save) prefetch(s.hprev.data_ptr<T>() + (next * B + b0) * H, rows * H, true);
+        if (save && kind == LSTM) prefetch(s.cprev.data_ptr<T>() + (next * B + b0) * H, rows * H, true);
+      }
       if (save) {
         std::copy(hp + b0 * H, hp + b1 * H, s.hprev.data_ptr<T>() + (t * B + b0) * H);
         if (kind == LSTM) std::copy(cp + b0 * H, cp + b1 * H, s.cprev.data_ptr<T>() + (t * B + b0) * H);
@@ -765,7 +856,7 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
   T* dghp = d_gh.data_ptr<T>();
   const T* actp = acts.data_ptr<T>();
   const int64_t AW = kind <= RNN_RELU ? H : GH;  // a row of acts
-  const bool split = split_rows(B, GH, H, bf16);
+  const bool split = split_rows(B, GH, H, bf16), ahead = fetch_ahead(split, steps, B, GH, sizeof(T));
 
   // every time step, last to first, for the rows [b0, b1); dh and dh_next swap roles each step
   over_rows(B, split, [&](int64_t b0, int64_t b1) {
@@ -774,6 +865,14 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
     at::Tensor lp_in, lp_out;  // bf16 mode's scratch
     for (int64_t k = steps - 1; k >= 0; --k) {
       const int64_t t = reverse ? steps - 1 - k : k;
+      if (ahead && k > 0) {  // the next (earlier) step's rows
+        const int64_t next = reverse ? t + 1 : t - 1;
+        prefetch(actp + (next * B + b0) * AW, rows * AW, false);
+        prefetch(d_gx.data_ptr<T>() + (next * B + b0) * GH, rows * GH, true);
+        if (third.numel()) prefetch(third.data_ptr<T>() + (next * B + b0) * H, rows * H, false);
+        prefetch(hprev.data_ptr<T>() + (next * B + b0) * H, rows * H, false);
+        if (dyp) prefetch(dyp + (next * B + b0) * H, rows * H, false);
+      }
       const T* a = actp + t * B * AW;
       const T* hp = hprev.data_ptr<T>() + t * B * H;
       T* dg = d_gx.data_ptr<T>() + t * B * GH;
@@ -851,8 +950,12 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
     grads.push_back({dw, dgh_rows, hprev_rows});
   }
   if (projected) grads.push_back({dw_ih, dgx_rows, x.reshape({S, x.size(2)})});
-  weight_gradients(grads, bf16);
-  at::Tensor db = has_bias ? d_gh.sum({0, 1}) : at::empty({0}, opts);
+  at::Tensor db = has_bias ? at::empty({GH}, opts) : at::empty({0}, opts);
+  at::Tensor db_ih = projected && has_ih_bias && (kind == GRU_AFTER || !has_bias) ? at::empty({GH}, opts) : at::empty({0}, opts);
+  std::vector<ColumnSum> sums;
+  if (has_bias) sums.push_back({db, dgh_rows});
+  if (db_ih.numel()) sums.push_back({db_ih, dgx_rows});
+  weight_gradients(grads, sums, bf16);
   if (!projected) return {d_gx, dh, kind == LSTM ? dc : at::empty({0}, opts), dw, db};
 
   at::Tensor dx = at::empty({0}, opts);
@@ -861,7 +964,7 @@ std::vector<at::Tensor> backward_impl(int64_t kind, const at::Tensor& dy, const 
     at::Tensor dx_rows = dx.view({S, x.size(2)});
     tile_product(dx_rows, dgx_rows, w_ih);
   }
-  at::Tensor db_ih = !has_ih_bias ? at::empty({0}, opts) : (kind == GRU_AFTER || !has_bias ? d_gx.sum({0, 1}) : db.clone());
+  if (has_ih_bias && !db_ih.numel()) db_ih = db.clone();  // b_ih and b_hh add to the same gates
   return {dx, dh, kind == LSTM ? dc : at::empty({0}, opts), dw, db, dw_ih, db_ih};
 }
 
