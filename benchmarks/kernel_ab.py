@@ -1,0 +1,66 @@
+"""Two builds of the native kernel against each other and nn.LSTM, in one process.
+
+    python benchmarks/kernel_ab.py long-seq old.cpp new.cpp --repeats 120
+
+Builds both sources as separate extensions, then times an LSTM training step (forward +
+backward) with each, interleaved with nn.LSTM's step and alternating their order, and prints
+the medians. The host's phases move all three together, which separate runs cannot separate
+from a change in the kernel. Prints only; tests never assert on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.cpp_extension import load
+
+import rnnkit
+from rnnkit.kernels import native
+
+CONFIGS = {"charLM": (64, 100, 64, 256), "big": (64, 100, 128, 512), "small-ts": (32, 48, 8, 64), "long-seq": (8, 500, 32, 128)}
+FLAGS = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-march=native"]
+
+
+def build(source: Path):  # noqa: ANN201
+    key = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    return load(name=f"rnnkit_ab_{key}", sources=[str(source)], extra_cflags=FLAGS, verbose=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", choices=CONFIGS)
+    parser.add_argument("a", type=Path, help="kernel source A (e.g. a copy of csrc/recurrence.cpp at one commit)")
+    parser.add_argument("b", type=Path, help="kernel source B")
+    parser.add_argument("--repeats", type=int, default=100)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    builds = {"A": build(args.a), "B": build(args.b)}
+    batch, steps, inputs, hidden = CONFIGS[args.config]
+    x = torch.randn(steps, batch, inputs)
+    theirs = torch.nn.LSTM(inputs, hidden)
+    ours = rnnkit.LSTM.from_torch(theirs)
+
+    def step(layer: torch.nn.Module) -> float:
+        start = time.perf_counter()
+        out, _ = layer(x)
+        out.sum().backward()
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"torch": [], "A": [], "B": []}
+    for i in range(args.repeats):
+        for name in ("torch", "A", "B") if i % 2 == 0 else ("torch", "B", "A"):
+            if name != "torch":
+                native.extension = lambda build=builds[name]: build  # the wrapper looks the extension up per call
+            times[name].append(step(theirs if name == "torch" else ours))
+    for name, values in times.items():
+        print(f"{name:6s} {1e3 * statistics.median(values[4:]):8.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
