@@ -117,6 +117,8 @@ def _to_time_major(layer: SequenceLayer, input: Any, lengths: Any, param: Tensor
             f"or 2-D unbatched (seq, input_size), got shape {tuple(x.shape)}"
         )
     check_features("input", x, layer.input_size, param)
+    if x.shape[1 if x.dim() == 3 and layer.batch_first else 0] == 0:  # as torch.nn: a sequence has a step
+        raise ValueError(f"input must have at least one time step, got shape {tuple(x.shape)}")
     unbatched = x.dim() == 2
     if unbatched:
         x = x.unsqueeze(1)

@@ -324,6 +324,8 @@ BAD_FORWARD = [
         ValueError,
         r"hx\[0\] must have shape \(1, 5\)",
     ),
+    (lambda lstm: lstm(torch.randn(0, N, I)), ValueError, r"input must have at least one time step, got shape \(0, 4, 3\)"),
+    (lambda lstm: lstm(torch.randn(0, I)), ValueError, r"input must have at least one time step, got shape \(0, 3\)"),
     (lambda lstm: lstm(torch.randn(T, N, I), lengths=[6, 0, 3, 2]), ValueError, "lengths must all be >= 1, got 0"),
     (lambda lstm: lstm(torch.randn(T, N, I), lengths=[6, -1, 3, 2]), ValueError, "lengths must all be >= 1, got -1"),
     (

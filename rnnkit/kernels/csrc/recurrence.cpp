@@ -246,6 +246,7 @@ inline bool onednn_product(at::Tensor& out, const at::Tensor& a, const at::Tenso
 // once per tile, straight from the cache, never copied. Blocks of 64 rows by one tile's columns
 // are split across threads when the product is large enough.
 constexpr int64_t kTileBytes = 128;  // a tile's row: two AVX-512 vectors (four for tiles of 4 rows)
+constexpr int64_t kSumChunk = 512;   // rows of a long sum over k taken at a time (see product_task)
 
 // 64-byte vectors of float or double (GCC/Clang vector types: AVX-512, two AVX2 registers, or
 // NEON alike), and the same for loads and stores at any element-aligned address. Spelled out per
@@ -324,7 +325,7 @@ void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t
 template <typename T>
 void product_task(T* out, int64_t ldo, const T* a, int64_t lda, int64_t a_step, const T* b, int64_t ldb, int64_t K,
                   int64_t m0, int64_t m1, int64_t n0, int64_t width, const T* bias, bool accumulate = false) {
-  constexpr int64_t kCols = kTileBytes / sizeof(T), kChunk = 512;
+  constexpr int64_t kCols = kTileBytes / sizeof(T), kChunk = kSumChunk;
   for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
     const int64_t k_len = std::min(kChunk, K - k0);
     const T* ak = a + k0 * a_step;
@@ -393,8 +394,13 @@ inline void transposed_tile_products(const std::vector<at::Tensor>& outs, const 
                                      const std::vector<at::Tensor>& ss, const at::Tensor& sums) {
   TORCH_CHECK(d.stride(1) == 1, "rnnkit: transposed_tile_products needs contiguous rows");
   AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "rnnkit_transposed_tile_products", [&] {
-    constexpr int64_t kCols = kTileBytes / sizeof(scalar_t), kWide = 2 * kCols, kBlockRows = 64, kChunk = 512;
+    constexpr int64_t kCols = kTileBytes / sizeof(scalar_t), kWide = 2 * kCols, kBlockRows = 64, kChunk = kSumChunk;
     const int64_t S = d.size(0), M = d.size(1);
+    if (S == 0) {  // an empty sequence: no term to sum
+      for (const at::Tensor& out : outs) out.zero_();
+      if (sums.defined()) sums.zero_();
+      return;
+    }
     const scalar_t* dp = d.data_ptr<scalar_t>();
     std::vector<size_t> direct;
     for (size_t j = 0; j < outs.size(); ++j) {
