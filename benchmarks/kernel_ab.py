@@ -17,18 +17,16 @@ import time
 from pathlib import Path
 
 import torch
+from layers import CONFIGS  # benchmarks/layers.py, beside this script
 from torch.utils.cpp_extension import load
 
 import rnnkit
 from rnnkit.kernels import native
 
-CONFIGS = {"charLM": (64, 100, 64, 256), "big": (64, 100, 128, 512), "small-ts": (32, 48, 8, 64), "long-seq": (8, 500, 32, 128)}
-FLAGS = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-march=native"]
-
 
 def build(source: Path):  # noqa: ANN201
     key = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    return load(name=f"rnnkit_ab_{key}", sources=[str(source)], extra_cflags=FLAGS, verbose=False)
+    return load(name=f"rnnkit_ab_{key}", sources=[str(source)], extra_cflags=native.compile_flags(), verbose=False)
 
 
 def main() -> None:

@@ -55,15 +55,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-@cache
-def extension() -> Any | None:
-    """The compiled extension, or None (with one warning) when it cannot be built."""
-    if os.environ.get("RNNKIT_NATIVE", "1") == "0":
-        return None
+def compile_flags() -> list[str]:
+    """The kernel's compiler flags (also used by ``benchmarks/kernel_ab.py``)."""
     # -fno-trapping-math lets the gate loops vectorise (no result changes: nothing relies on FP traps)
     # -fopenmp compiles ATen's inline parallel_for; it is not linked, so its symbols resolve to
     # the OpenMP runtime torch itself loaded (one thread pool, not two).
-    flags = [
+    return [
         "-O3",
         "-std=c++20",
         "-fopenmp",
@@ -71,6 +68,14 @@ def extension() -> Any | None:
         "-fno-math-errno",
         "-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native",
     ]
+
+
+@cache
+def extension() -> Any | None:
+    """The compiled extension, or None (with one warning) when it cannot be built."""
+    if os.environ.get("RNNKIT_NATIVE", "1") == "0":
+        return None
+    flags = compile_flags()
     key = hashlib.sha256(f"{SOURCE.read_text()}{flags}{torch.__version__}{_cpu_model()}".encode()).hexdigest()[:16]
     try:
         from torch.utils.cpp_extension import load
