@@ -129,6 +129,24 @@ def test_last_pooling_is_the_final_state_of_each_direction():
     torch.testing.assert_close(logits[1], model.output.logits(torch.cat([forward_last, backward_first])))
 
 
+def test_word_dropout_turns_words_into_unk_in_training_only():
+    model = small_model()
+    model.config.word_dropout = 0.5
+    seen = []
+    model.embed.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].clone()))
+    tokens, lengths = pad_batch([[2 + i % 8 for i in range(400)], [3, 4, 5]])
+    evaluated, _ = model(tokens, lengths)
+    assert torch.equal(seen[-1], tokens)  # evaluation reads every word
+    model.train()
+    torch.manual_seed(0)
+    model(tokens, lengths)
+    dropped = seen[-1] != tokens
+    assert (seen[-1][dropped] == 1).all() and (seen[-1][1, 3:] == 0).all()  # to <unk>; padding stays padding
+    assert 0.4 < dropped[0].float().mean() < 0.6  # each word with probability 0.5
+    model.eval()
+    torch.testing.assert_close(model(tokens, lengths)[0], evaluated)
+
+
 def test_the_bidirectional_language_model_reads_each_side_only():
     torch.manual_seed(0)
     config = ClassifierConfig(WORDS, ["negative", "positive"], "lstm", embedding=6, hidden=5, dropout=0.0, lm_words=6)
@@ -289,6 +307,10 @@ def test_cli_predict_explain_and_evaluate(trained, capsys, tmp_path):
         (["train", "sentiment", "--data", "{csv}", "--dataset", "rt", "--steps", "1"], "give --data or --dataset"),
         (["train", "sentiment", "--pretrain-data", "rt", "--steps", "1"], "--pretrain-data needs --pretrain-steps"),
         (["train", "sentiment", "--data", "{csv}", "--init", "{csv}", "--steps", "1"], "--init: model directory"),
+        (
+            ["train", "sentiment", "--data", "{csv}", "--text-col", "sentence", "--label-col", "polarity", "--word-dropout", "1"],
+            "--word-dropout must be in [0, 1), got 1.0",
+        ),
         (
             ["train", "sentiment", "--data", "{csv}", "--encoder-lr-scale", "-1", "--steps", "1"],
             "--encoder-lr-scale must be >= 0",

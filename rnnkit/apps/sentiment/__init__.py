@@ -119,6 +119,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pooling", choices=POOLINGS, default="attention", help="over valid steps (default: %(default)s)")
     group.add_argument("--dropout", type=float, default=0.3)
     group.add_argument(
+        "--word-dropout", type=float, default=0.0, metavar="P",
+        help="in training, each word of a text becomes <unk> with probability P (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
         "--pretrain-steps", type=int, default=0,
         help="first steps train the encoder as a bidirectional language model on the training texts (default: 0)",
     )  # fmt: skip
@@ -179,7 +183,8 @@ def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -
         sizes.update({key: init[0][key] for key in sizes if key != "lm_words"})
         sizes["lm_words"] = init[0]["lm_words"] or sizes["lm_words"]  # keep its language model, if it has one
     model = SequenceClassifier(ClassifierConfig(
-        vocab.words(), data.classes, pooling=args.pooling, dropout=args.dropout, data=described, **sizes,
+        vocab.words(), data.classes, pooling=args.pooling, dropout=args.dropout, word_dropout=args.word_dropout,
+        data=described, **sizes,
     ))  # fmt: skip
     if init is not None:
         model.load_state_dict(init[1], strict=False)  # the classifier's own layers start afresh

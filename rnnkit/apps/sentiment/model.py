@@ -2,6 +2,7 @@
 
 ::
 
+    w_t  = <unk> with probability word_dropout            in training only (word dropout)
     e_t  = E[w_t]                                        word embedding
     h_t  = encoder(e_t, h_{t-1})                         rnnkit LSTM / GRU / RNN, (bi)directional: h_t = [fwd; bwd]
     pooling over t < length only (padding never reaches the result):
@@ -60,6 +61,7 @@ class ClassifierConfig:
     bidirectional: bool = True
     pooling: str = "attention"
     dropout: float = 0.3
+    word_dropout: float = 0.0  # training replaces each word by <unk> with this probability
     lm_words: int = 0  # > 0: language-model heads over this many words, for pretraining
     data: dict[str, Any] = field(default_factory=dict)  # how to rebuild the dataset (for evaluate)
 
@@ -71,8 +73,9 @@ class ClassifierConfig:
         for name in ("embedding", "hidden", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "word_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
 
 
 class SequenceClassifier(nn.Module):
@@ -100,6 +103,9 @@ class SequenceClassifier(nn.Module):
         if language_model:
             return self.lm_loss(tokens, lengths), None
         c = self.config
+        if self.training and c.word_dropout:  # whole words become <unk> (id 1); padding (id 0) stays
+            dropped = (torch.rand(tokens.shape, device=tokens.device) < c.word_dropout) & (tokens > 1)
+            tokens = tokens.masked_fill(dropped, 1)
         steps, h_n = self.encoder(self.dropout(self.embed(tokens)), lengths=lengths)  # (N, T, D*H), zero past lengths
         valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]  # (N, T)
         attention = None
