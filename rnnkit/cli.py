@@ -94,6 +94,11 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
         "--bf16", action=argparse.BooleanOptionalAction, default=bf16_default,
         help=f"bf16 mixed precision (autocast): GEMMs in bf16; weights, state, optimizer float32 (default: {shown})",
     )  # fmt: skip
+    group.add_argument(
+        "--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+        help="malloc keeps freed memory for the next step's tensors instead of returning it to the OS: "
+        "no page faults on the step's large tensors (glibc; default: on)",
+    )  # fmt: skip
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -110,6 +115,7 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any]) -> TrainCon
         clip_value=args.clip_value, eval_every=args.eval_every, early_stop_patience=args.early_stop_patience,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
         restore_best=args.restore_best, ema_decay=args.ema_decay or None, bf16=resolve_bf16(args.bf16),
+        keep_freed_memory=args.keep_freed_memory,
     )  # fmt: skip
 
 

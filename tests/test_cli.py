@@ -87,6 +87,13 @@ def test_the_demo_keeps_its_own_training_whatever_the_full_defaults():
     assert (full.steps, full.bptt_steps, full.ema_decay) == (4000, 200, 0.999)
 
 
+def test_freed_memory_is_kept_by_default_and_the_flag_turns_it_off():
+    parser, defaults = build_parser(), get_app("sentiment").TRAIN_DEFAULTS
+    assert train_config(parser.parse_args(["train", "sentiment"]), defaults).keep_freed_memory is True
+    off = parser.parse_args(["train", "sentiment", "--no-keep-freed-memory"])
+    assert train_config(off, defaults).keep_freed_memory is False
+
+
 @pytest.mark.skipif(
     not (Path("/proc/cpuinfo").is_file() and platform.machine() in ("x86_64", "AMD64")),
     reason="reads an x86 CPU's flags from Linux's /proc/cpuinfo",

@@ -42,6 +42,7 @@ class TrainConfig:
     restore_best: bool = False  # export the weights of the best evaluation, not the last (Keras restore_best_weights)
     ema_decay: float | None = None  # evaluate and export an exponential moving average of the weights
     bf16: bool = False  # mixed precision: forward and backward under torch.autocast("cpu", dtype=torch.bfloat16)
+    keep_freed_memory: bool = True  # malloc keeps freed memory for the next step's tensors (rnnkit.train.allocator)
     nan_patience: int = 5  # consecutive non-finite steps before training stops
     progress: bool = True
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from rnnkit.cells.base import State
 from rnnkit.driver import detach_state
 from rnnkit.train import checkpoint as ckpt
+from rnnkit.train.allocator import keep_freed_memory
 from rnnkit.train.config import TrainConfig
 from rnnkit.train.distributed import DistContext, all_gather_cat, all_reduce_sum
 from rnnkit.train.metrics import MetricsLog, plot_curves
@@ -125,6 +126,8 @@ class Trainer:
                 raise ValueError(
                     f"the stream source cuts chunks of {data.bptt_steps} steps but bptt_steps is {config.bptt_steps}"
                 )
+        if config.keep_freed_memory:  # each step's large tensors reuse the last step's memory: no page faults
+            keep_freed_memory()
         self.model = task.model.to(self.context.device)
         self.train_model: nn.Module = self.model
         if self.context.active:
