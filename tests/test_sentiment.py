@@ -17,9 +17,10 @@ from rnnkit.apps.sentiment.model import (
     SequenceClassifier,
     language_model_head,
 )
+from rnnkit.apps.sentiment.ngrams import NgramClassifier, choose_mix_weight, fit_tfidf
 from rnnkit.cli import build_parser, main, train_config
 from rnnkit.data.parallel import pad_batch
-from rnnkit.data.reviews import WordVocab, movie_reviews, read_labelled_csv, split, tokenize
+from rnnkit.data.reviews import LabelledTexts, WordVocab, movie_reviews, read_labelled_csv, split, tokenize
 from rnnkit.io import save_model
 from rnnkit.train import DistContext, PhasedBatches
 
@@ -297,6 +298,55 @@ def test_cli_predict_explain_and_evaluate(trained, capsys, tmp_path):
     assert "test accuracy" in out and "tf-idf test accuracy" in out and (run / "confusion.png").is_file()
 
 
+# -- the n-gram model and the mix ---------------------------------------------------------------
+def small_reviews(classes: int) -> LabelledTexts:
+    rt = movie_reviews("rt", seed=0)
+    relabel = (lambda text, label: label) if classes == 2 else (lambda text, label: 2 if len(text) % 3 == 0 else label)
+    take = lambda examples: [(text, relabel(text, label)) for text, label in examples]  # noqa: E731
+    names = ["negative", "positive", "third"][:classes]
+    return LabelledTexts(take(rt.train[:1500]), take(rt.valid[:300]), take(rt.test[:300]), names)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_ngram_model_computes_scikit_learns_tfidf_probabilities(classes):
+    data = small_reviews(classes)
+    vectorizer, logistic = fit_tfidf(data)
+    ngrams = NgramClassifier.from_sklearn(vectorizer, logistic, classes)
+    texts = [text for text, _ in data.test] + ["zzqx wqpt", "a"]  # no known n-gram at all: the bias alone
+    expected = torch.from_numpy(logistic.predict_proba(vectorizer.transform(texts))).float()
+    torch.testing.assert_close(ngrams.probabilities(texts), expected, rtol=0, atol=1e-6)
+    assert ngrams.grams[vectorizer.vocabulary_["not"]] == "not" and "not a" in ngrams.index
+
+
+def test_the_mix_weight_is_the_most_accurate_on_validation_and_the_smaller_on_ties():
+    net = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.3, 0.7]])
+    ngram = torch.tensor([[0.2, 0.8], [0.45, 0.55], [0.9, 0.1]])
+    # by hand: row 0 is right for w > 1/4 (0.4 + 0.4 w > 0.5), row 1 for w < 2/3, row 2 for w < 1/3
+    assert choose_mix_weight(net, ngram, torch.tensor([1, 0, 1])) == (0.3, 1.0)
+    assert choose_mix_weight(net, net, torch.tensor([0, 0, 1])) == (0.0, 1.0)  # every w is as good: the smallest
+
+
+def test_ngram_mix_trains_saves_and_evaluates_the_mix(trained, tmp_path, capsys):
+    _, csv = trained
+    out = tmp_path / "mixed"
+    argv = ["train", "sentiment", "--data", str(csv), "--text-col", "sentence", "--label-col", "polarity", "--hidden", "16",
+            "--embedding", "16", "--steps", "20", "--eval-every", "20", "--ngram-mix", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    classifier = rnnkit.load(out)
+    config = json.loads((out / "config.json").read_text())["model"]
+    assert config["ngram_weight"] == classifier.config.ngram_weight and len(config["ngrams"]) > 1000
+    data = sentiment.rebuild_data(classifier)
+    texts, labels = [t for t, _ in data.valid], torch.tensor([label for _, label in data.valid])
+    network, ngram = classifier.probabilities(texts, mix=False), classifier.model.ngrams.probabilities(texts)
+    assert choose_mix_weight(network, ngram, labels)[0] == classifier.config.ngram_weight  # chosen on validation
+    w = classifier.config.ngram_weight
+    torch.testing.assert_close(classifier.probabilities(texts), (1 - w) * network + w * ngram)
+    assert main(["evaluate", "--model", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert ("network alone test accuracy" in printed) == (w > 0)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -310,6 +360,10 @@ def test_cli_predict_explain_and_evaluate(trained, capsys, tmp_path):
         (
             ["train", "sentiment", "--data", "{csv}", "--text-col", "sentence", "--label-col", "polarity", "--word-dropout", "1"],
             "--word-dropout must be in [0, 1), got 1.0",
+        ),
+        (
+            ["train", "sentiment", "--data", "{csv}", "--ngram-mix", "--pretrain-steps", "2", "--steps", "2"],
+            "--ngram-mix applies to a classifier",
         ),
         (
             ["train", "sentiment", "--data", "{csv}", "--encoder-lr-scale", "-1", "--steps", "1"],

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from rnnkit.apps.sentiment.evaluation import classification_report, plot_confusion, tfidf_baseline
 from rnnkit.apps.sentiment.model import CELLS, POOLINGS, Classifier, ClassifierConfig, Ensemble, SequenceClassifier
+from rnnkit.apps.sentiment.ngrams import NgramClassifier, choose_mix_weight, fit_tfidf
 from rnnkit.data.parallel import pad_batch
 from rnnkit.data.reviews import DATASETS, LabelledTexts, WordVocab, movie_reviews, read_labelled_csv
 from rnnkit.io import read_model_dir
@@ -54,8 +55,9 @@ class SentimentTask(Task):
 
     def __init__(self, model: SequenceClassifier, valid: list[tuple[list[int], int]], pretrain_steps: int = 0,
                  lm_valid: list[tuple[list[int], int]] | None = None, pretrain_only: bool = False,
-                 encoder_lr_scale: float = 1.0) -> None:  # fmt: skip
+                 encoder_lr_scale: float = 1.0, ngram_data: LabelledTexts | None = None) -> None:  # fmt: skip
         self.model, self.pretrain_steps, self.encoder_lr_scale = model, pretrain_steps, encoder_lr_scale
+        self.ngram_data = ngram_data  # given: mix a TF-IDF model fitted on it into the final classifier
         self.valid = sorted(valid, key=lambda example: len(example[0]))  # batches of similar lengths pad little
         self.lm_valid = sorted(valid[:LM_VALID] if lm_valid is None else lm_valid, key=lambda example: len(example[0]))
         self.partial_updates = pretrain_steps > 0  # the LM heads, then the classifier's, sit out
@@ -98,6 +100,21 @@ class SentimentTask(Task):
     def describe(self) -> dict[str, Any]:
         return self.model.describe()
 
+    def final_description(self) -> dict[str, Any]:
+        """With ``--ngram-mix``: the TF-IDF + logistic regression model fitted on the training split,
+        mixed into the final classifier with the weight of the best validation accuracy."""
+        if self.ngram_data is not None:
+            data = self.ngram_data
+            vectorizer, logistic = fit_tfidf(data)
+            ngrams = NgramClassifier.from_sklearn(vectorizer, logistic, len(data.classes))
+            classifier = Classifier(self.model)
+            valid = [(text, label) for text, label in data.valid if classifier.vocab.encode(text)]
+            texts, labels = [text for text, _ in valid], torch.tensor([label for _, label in valid])
+            network = classifier.probabilities(texts, strict=False, mix=False)
+            weight, _ = choose_mix_weight(network, ngrams.probabilities(texts), labels)
+            self.model.mix_in(ngrams, weight)
+        return self.describe()
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sentiment")
@@ -137,6 +154,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "0 freezes them; default: %(default)s)",
     )  # fmt: skip
     group.add_argument(
+        "--ngram-mix", action="store_true",
+        help="after training, mix in a TF-IDF 1-2-gram logistic regression fitted on the training split: "
+        "p = (1 - w) p_net + w p_ngram, w in 0, 0.1, ..., 1 chosen on the validation split (needs scikit-learn)",
+    )  # fmt: skip
+    group.add_argument(
         "--init", metavar="DIR",
         help="start from a trained sentiment model's vocabulary, embedding and encoder (e.g. a pretrained one); "
         "its sizes and cell replace --embedding, --hidden, --layers, --cell",
@@ -162,6 +184,14 @@ def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -
         raise ValueError("--encoder-lr-scale applies to fine-tuning: pretrain in its own run (--steps = --pretrain-steps)")
     if args.pretrain_data and not args.pretrain_steps:
         raise ValueError("--pretrain-data needs --pretrain-steps N (N > 0)")
+    pretrain_only = config.steps is not None and args.pretrain_steps >= config.steps
+    if args.ngram_mix and pretrain_only:
+        raise ValueError("--ngram-mix applies to a classifier: this run only pretrains (--steps = --pretrain-steps)")
+    if args.ngram_mix:
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise ValueError("--ngram-mix needs scikit-learn: pip install 'rnnkit[sentiment]'") from None
     init = _read_init(args.init) if args.init else None
     if init is not None and not args.data and (init[0].get("data") or {}).get("dataset"):
         init_split = _split_seed(init[0]["data"])
@@ -204,8 +234,9 @@ def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -
         held_out = valid if lm_data is data else _encode(vocab, lm_data.valid)
         sample = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))[:LM_VALID]
         lm_valid = [held_out[i] for i in sample]
-    pretrain_only = config.steps is not None and args.pretrain_steps >= config.steps
-    return SentimentTask(model, valid, args.pretrain_steps, lm_valid, pretrain_only, args.encoder_lr_scale), source
+    ngram_data = data if args.ngram_mix else None
+    task = SentimentTask(model, valid, args.pretrain_steps, lm_valid, pretrain_only, args.encoder_lr_scale, ngram_data)
+    return task, source
 
 
 def _read_init(directory: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -247,15 +278,21 @@ def rebuild_data(classifier: Classifier, data_path: str | None = None) -> Labell
 
 def evaluate_model(classifier: Classifier, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Test accuracy and macro F1 of the model (or :class:`Ensemble`) and of the TF-IDF baseline on
-    the same split; writes ``confusion.png`` beside the model (an ensemble's ``ensemble-confusion.png``
-    beside its first)."""
+    the same split (for a model with an n-gram mix, the network's accuracy alone too); writes
+    ``confusion.png`` beside the model (an ensemble's ``ensemble-confusion.png`` beside its first)."""
     data = rebuild_data(classifier, getattr(args, "data", None))
     if data.classes != classifier.config.classes:
         raise ValueError(f"the data's classes {data.classes} are not the model's {classifier.config.classes}")
     test = [(text, label) for text, label in data.test if classifier.vocab.encode(text)]  # texts with words
     gold = [label for _, label in test]
-    predicted = classifier.probabilities([text for text, _ in test], strict=False).argmax(dim=-1).tolist()
+    texts = [text for text, _ in test]
+    probabilities = classifier.probabilities(texts, strict=False)
+    predicted = probabilities.argmax(dim=-1).tolist()
     results: dict[str, Any] = {f"test {k}": v for k, v in classification_report(gold, predicted, len(data.classes)).items()}
+    network = classifier.probabilities(texts, strict=False, mix=False)
+    if not torch.equal(network, probabilities):  # --ngram-mix: the network's own numbers too
+        alone = classification_report(gold, network.argmax(dim=-1).tolist(), len(data.classes))
+        results["network alone test accuracy"] = alone["accuracy"]
     baseline = tfidf_baseline(data)
     if baseline is not None:
         results.update({f"tf-idf test {k}": v for k, v in baseline.items()})

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnkit.apps.sentiment.ngrams import fit_tfidf
 from rnnkit.data.reviews import LabelledTexts
-
-TFIDF_C = (0.25, 1.0, 4.0, 16.0)  # logistic-regression strengths tried on the validation split
 
 
 def confusion(gold: list[int], predicted: list[int], classes: int) -> np.ndarray:
@@ -51,21 +50,11 @@ def plot_confusion(gold: list[int], predicted: list[int], classes: list[str], pa
 
 
 def tfidf_baseline(data: LabelledTexts) -> dict[str, float] | None:
-    """TF-IDF of word 1-2 grams + logistic regression, ``C`` chosen on the validation split;
-    test accuracy and macro F1 (None without scikit-learn)."""
+    """TF-IDF of word 1-2 grams + logistic regression (:mod:`.ngrams`), ``C`` chosen on the
+    validation split; test accuracy and macro F1 (None without scikit-learn)."""
     try:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
+        vectorizer, logistic = fit_tfidf(data)
     except ImportError:
         return None
-    from rnnkit.data.reviews import tokenize
-
-    vectorizer = TfidfVectorizer(tokenizer=tokenize, token_pattern=None, lowercase=False, ngram_range=(1, 2), min_df=2,
-                                 sublinear_tf=True)  # fmt: skip
-    train = vectorizer.fit_transform([t for t, _ in data.train])
-    y_train = [label for _, label in data.train]
-    valid, y_valid = vectorizer.transform([t for t, _ in data.valid]), [label for _, label in data.valid]
-    fits = [LogisticRegression(C=c, max_iter=2000).fit(train, y_train) for c in TFIDF_C]
-    best = max(fits, key=lambda model: model.score(valid, y_valid))
-    predicted = best.predict(vectorizer.transform([t for t, _ in data.test])).tolist()
+    predicted = logistic.predict(vectorizer.transform([t for t, _ in data.test])).tolist()
     return classification_report([label for _, label in data.test], predicted, len(data.classes))

@@ -11,6 +11,7 @@
       mean       h = (1 / length) sum_t h_t
       attention  a_t = softmax_t(v^T tanh(W h_t + b)),  h = sum_t a_t h_t     (additive, Bahdanau)
     p(y | text) = softmax(W_hy h + b_y)                  the output layer (rnnkit.heads.OutputLayer)
+    p_mix(y | text) = (1 - w) p(y | text) + w p_ngram(y | text)    with --ngram-mix (see ngrams.py)
 
 Language-model pretraining (ULMFiT's route, here as ELMo's bidirectional LM, so one pass trains
 both directions of the classifier's own encoder)::
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rnnkit.apps.sentiment.ngrams import NgramClassifier
 from rnnkit.data.reviews import WordVocab
 from rnnkit.heads import OutputLayer
 from rnnkit.layers import GRU, LSTM, RNN
@@ -63,6 +65,8 @@ class ClassifierConfig:
     dropout: float = 0.3
     word_dropout: float = 0.0  # training replaces each word by <unk> with this probability
     lm_words: int = 0  # > 0: language-model heads over this many words, for pretraining
+    ngrams: list[str] = field(default_factory=list)  # the n-gram model's features, if mixed in (ngrams.py)
+    ngram_weight: float = 0.0  # w of p = (1 - w) p_net + w p_ngram
     data: dict[str, Any] = field(default_factory=dict)  # how to rebuild the dataset (for evaluate)
 
     def __post_init__(self) -> None:
@@ -73,6 +77,8 @@ class ClassifierConfig:
         for name in ("embedding", "hidden", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.ngram_weight <= 1:
+            raise ValueError(f"ngram_weight must be in [0, 1], got {self.ngram_weight}")
         for name in ("dropout", "word_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
@@ -96,6 +102,11 @@ class SequenceClassifier(nn.Module):
             directions = 2 if c.bidirectional else 1
             words = min(c.lm_words, len(c.words) + 2)
             self.lm_heads = nn.ModuleList(language_model_head(c.hidden, words) for _ in range(directions))
+        self.ngrams = NgramClassifier(c.ngrams, len(c.classes)) if c.ngrams else None
+
+    def mix_in(self, ngrams: NgramClassifier, weight: float) -> None:
+        """Mix ``ngrams``'s probabilities into the classifier's with ``weight`` (saved with it)."""
+        self.ngrams, self.config.ngrams, self.config.ngram_weight = ngrams, ngrams.grams, weight
 
     def forward(self, tokens: Tensor, lengths: Tensor, language_model: bool = False) -> tuple[Tensor, Tensor | None]:
         """``(logits, attention)``; with ``language_model``, ``(lm_loss, None)`` instead (through
@@ -178,8 +189,9 @@ class Classifier:
         return encoded
 
     @torch.no_grad()
-    def probabilities(self, texts: list[str], batch_size: int = 64, strict: bool = True) -> Tensor:
-        """``(N, C)`` class probabilities."""
+    def probabilities(self, texts: list[str], batch_size: int = 64, strict: bool = True, mix: bool = True) -> Tensor:
+        """``(N, C)`` class probabilities: the network's, mixed with the n-gram model's if it has one
+        (``mix=False``: the network's alone)."""
         from rnnkit.data.parallel import pad_batch
 
         encoded, out = self.encode(texts, strict), []
@@ -187,7 +199,11 @@ class Classifier:
         for start in range(0, len(encoded), batch_size):
             tokens, lengths = pad_batch([encoded[i] for i in order[start : start + batch_size]])
             out.append(self.model(tokens, lengths)[0].softmax(dim=-1))
-        return torch.cat(out)[torch.tensor(order).argsort()]
+        network = torch.cat(out)[torch.tensor(order).argsort()]
+        weight = self.config.ngram_weight
+        if not mix or self.model.ngrams is None or weight == 0:
+            return network
+        return (1 - weight) * network + weight * self.model.ngrams.probabilities(texts)
 
     def predict(self, texts: str | list[str]) -> list[tuple[str, float]]:
         """``(label, probability)`` per text."""
@@ -232,9 +248,10 @@ class Ensemble(Classifier):
     def encode(self, texts: list[str], strict: bool = True) -> list[list[int]]:
         raise NotImplementedError("an ensemble's members encode texts with their own vocabularies")
 
-    def probabilities(self, texts: list[str], batch_size: int = 64, strict: bool = True) -> Tensor:
+    def probabilities(self, texts: list[str], batch_size: int = 64, strict: bool = True, mix: bool = True) -> Tensor:
         """``(N, C)``: the mean of the members' class probabilities."""
-        return torch.stack([member.probabilities(texts, batch_size, strict) for member in self.members]).mean(dim=0)
+        members = [member.probabilities(texts, batch_size, strict, mix) for member in self.members]
+        return torch.stack(members).mean(dim=0)
 
     def explain(self, text: str, top: int = 5) -> list[tuple[str, float]]:
         raise ValueError("--explain: give one --model (an ensemble has one attention per member)")
