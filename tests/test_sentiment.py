@@ -1,6 +1,7 @@
 """Sentiment: labelled-text data, the sequence classifier, the app and its CLI."""
 
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -345,6 +346,15 @@ def test_ngram_mix_trains_saves_and_evaluates_the_mix(trained, tmp_path, capsys)
     assert main(["evaluate", "--model", str(out)]) == 0
     printed = capsys.readouterr().out
     assert ("network alone test accuracy" in printed) == (w > 0)
+
+
+def test_ngram_mix_without_scikit_learn_says_what_to_install(trained, capsys, monkeypatch):
+    _, csv = trained
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn raises ImportError
+    argv = ["train", "sentiment", "--data", str(csv), "--text-col", "sentence", "--label-col", "polarity", "--ngram-mix"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--ngram-mix needs scikit-learn: pip install 'rnnkit[sentiment]'" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
