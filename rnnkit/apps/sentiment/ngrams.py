@@ -89,8 +89,10 @@ class NgramClassifier(nn.Module):
             norm = math.sqrt(sum(v * v for v in tfidf.values())) or 1.0
             for col, value in tfidf.items():
                 rows.append(row), cols.append(col), values.append(value / norm)
-        indices = torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1)
-        values = torch.tensor(values, dtype=torch.float64)  # indices valid by construction: no invariant checks
+        device = self.weight.device
+        indices = torch.tensor([rows, cols], dtype=torch.long, device=device).reshape(2, -1)
+        values = torch.tensor(values, dtype=torch.float64, device=device)
+        # indices valid by construction: no invariant checks
         return torch.sparse_coo_tensor(indices, values, (len(texts), len(self.grams)), check_invariants=False)
 
     @torch.no_grad()
