@@ -188,6 +188,11 @@ class Classifier:
             encoded.append(ids)
         return encoded
 
+    @property
+    def mixes_ngrams(self) -> bool:
+        """True if its probabilities mix in an n-gram model (``--ngram-mix``)."""
+        return self.model.ngrams is not None and self.config.ngram_weight > 0
+
     @torch.no_grad()
     def probabilities(self, texts: list[str], batch_size: int = 64, strict: bool = True, mix: bool = True) -> Tensor:
         """``(N, C)`` class probabilities: the network's, mixed with the n-gram model's if it has one
@@ -200,9 +205,9 @@ class Classifier:
             tokens, lengths = pad_batch([encoded[i] for i in order[start : start + batch_size]])
             out.append(self.model(tokens, lengths)[0].softmax(dim=-1))
         network = torch.cat(out)[torch.tensor(order).argsort()]
-        weight = self.config.ngram_weight
-        if not mix or self.model.ngrams is None or weight == 0:
+        if not (mix and self.mixes_ngrams):
             return network
+        weight = self.config.ngram_weight
         return (1 - weight) * network + weight * self.model.ngrams.probabilities(texts)
 
     def predict(self, texts: str | list[str]) -> list[tuple[str, float]]:
@@ -247,6 +252,10 @@ class Ensemble(Classifier):
 
     def encode(self, texts: list[str], strict: bool = True) -> list[list[int]]:
         raise NotImplementedError("an ensemble's members encode texts with their own vocabularies")
+
+    @property
+    def mixes_ngrams(self) -> bool:
+        return any(member.mixes_ngrams for member in self.members)
 
     def probabilities(self, texts: list[str], batch_size: int = 64, strict: bool = True, mix: bool = True) -> Tensor:
         """``(N, C)``: the mean of the members' class probabilities."""
