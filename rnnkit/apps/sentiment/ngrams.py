@@ -19,7 +19,6 @@ reviews (Mesnil et al. 2014, NB-SVM with an RNN language model and paragraph vec
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any
 
@@ -82,18 +81,16 @@ class NgramClassifier(nn.Module):
 
     def features(self, texts: list[str]) -> Tensor:
         """``(N, F)`` sparse: the L2-normalised sublinear TF-IDF of each text's known n-grams."""
-        rows, cols, values = [], [], []
+        rows, cols, counts = [], [], []
         for row, text in enumerate(texts):
-            counts = Counter(self.index[gram] for gram in grams_of(text) if gram in self.index)
-            tfidf = {col: (1 + math.log(count)) * float(self.idf[col]) for col, count in counts.items()}
-            norm = math.sqrt(sum(v * v for v in tfidf.values())) or 1.0
-            for col, value in tfidf.items():
-                rows.append(row), cols.append(col), values.append(value / norm)
+            for col, count in Counter(self.index[gram] for gram in grams_of(text) if gram in self.index).items():
+                rows.append(row), cols.append(col), counts.append(count)
         device = self.weight.device
-        indices = torch.tensor([rows, cols], dtype=torch.long, device=device).reshape(2, -1)
-        values = torch.tensor(values, dtype=torch.float64, device=device)
-        # indices valid by construction: no invariant checks
-        return torch.sparse_coo_tensor(indices, values, (len(texts), len(self.grams)), check_invariants=False)
+        rows_t, cols_t = torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device)
+        values = (1 + torch.tensor(counts, dtype=torch.float64, device=device).log()) * self.idf[cols_t]
+        norms = torch.zeros(len(texts), dtype=torch.float64, device=device).index_add_(0, rows_t, values**2).sqrt()
+        indices = torch.stack([rows_t, cols_t])  # valid by construction: no invariant checks
+        return torch.sparse_coo_tensor(indices, values / norms[rows_t], (len(texts), len(self.grams)), check_invariants=False)
 
     @torch.no_grad()
     def probabilities(self, texts: list[str]) -> Tensor:
