@@ -3,13 +3,11 @@
 A training step allocates and frees the same large tensors every step: activations, dropout
 masks, gradients, dtype conversions. glibc's ``malloc`` serves each request above 32 MiB with a
 fresh ``mmap`` and gives it back to the OS on ``free``, so every step touches new pages, one
-page fault per 4 KiB. Measured on the 2-core host (2026-12-06): converting a (200, 64, 2048)
-bf16 tensor to float32 took 37 ms into fresh pages and 5 ms into reused ones, and a step of the
-default char-LM (2x512 LSTM, 64 x 200 characters, bf16) spent about a sixth of its time in page
-faults. :func:`keep_freed_memory` makes ``malloc`` serve large requests from its heap
-(``M_MMAP_MAX = 0``) and keep freed memory there (``M_TRIM_THRESHOLD`` at its maximum), as
-jemalloc and tcmalloc do, which PyTorch's CPU tuning guide suggests preloading for the same
-reason. The cost: the process keeps its peak heap instead of returning it to the OS.
+page fault per 4 KiB (the README's Training section has the measurements: the default
+char-LM ran 5-23% more tokens per second with freed memory kept). :func:`keep_freed_memory`
+makes ``malloc`` serve large requests from its heap (``M_MMAP_MAX = 0``) and keep freed memory
+there (``M_TRIM_THRESHOLD`` at its maximum), as jemalloc and tcmalloc do, which PyTorch's CPU
+tuning guide suggests preloading for the same reason. The cost: the process keeps its peak heap instead of returning it to the OS.
 
 The :class:`~rnnkit.train.Trainer` calls it unless ``TrainConfig.keep_freed_memory`` is False
 (``--no-keep-freed-memory``). It is process-wide and only applies to glibc (Linux); elsewhere
