@@ -2,6 +2,7 @@
 
 from rnnkit.cells import GRUCell, LSTMCell, LSTMState, RNNCell
 from rnnkit.driver import detach_state
+from rnnkit.dropout import Dropout
 from rnnkit.heads import OutputLayer
 from rnnkit.io import load
 from rnnkit.kernels import last_backend
@@ -10,6 +11,7 @@ from rnnkit.layers import GRU, LSTM, RNN, RecurrentLayer
 __version__ = "0.1.0"
 
 __all__ = [
+    "Dropout",
     "GRU",
     "GRUCell",
     "LSTM",

@@ -7,8 +7,9 @@ It owns everything that is not the cell's maths:
 - **lengths**: per-sequence lengths become a ``(T, N, 1)`` mask; states are held and outputs
   zeroed past each length, so ``h_n`` is each sequence's state at its true last step;
 - **direction and layers**: the reverse direction runs t = T-1 ... 0; bidirectional outputs are
-  concatenated ``[forward, reverse]`` along features; dropout sits between layers in training,
-  and ``weight_dropout`` drops elements of each ``weight_hh`` once per pass (DropConnect);
+  concatenated ``[forward, reverse]`` along features; dropout sits between layers in training
+  (:func:`rnnkit.dropout.dropout`: torch's semantics, a counter-based mask), and
+  ``weight_dropout`` drops elements of each ``weight_hh`` once per pass (DropConnect);
 - **truncation**: :func:`detach_state` cuts the graph at a TBPTT chunk boundary;
 - **dispatch**: :func:`rnnkit.kernels.select` picks the backend per call.
 
@@ -27,6 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnkit import kernels
 from rnnkit.cells.base import Recurrence, State, Weights, map_state
+from rnnkit.dropout import dropout
 from rnnkit.validation import check_features, check_lengths, check_state_tensors, check_tensor
 
 
@@ -75,7 +77,7 @@ def run(layer: SequenceLayer, input: Tensor | PackedSequence, hx: Any = None, le
             finals.append(final)
         x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         if layer.dropout > 0 and layer.training and index < layer.num_layers - 1:
-            x = F.dropout(x, layer.dropout, training=True)
+            x = dropout(x, layer.dropout)
 
     h_n = map_state(lambda *parts: torch.stack(parts), *finals)
     return restore.output(x, lengths), restore.state(h_n)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from rnnkit.cells.base import State
 from rnnkit.data.text import UNKNOWN, CharVocab
+from rnnkit.dropout import Dropout
 from rnnkit.heads import OutputLayer
 from rnnkit.layers import GRU, LSTM, RNN
 from rnnkit.sampling import check_sampling, next_token
@@ -46,7 +47,7 @@ class CharLM(nn.Module):
             config.embedding, config.hidden, config.layers, batch_first=True, dropout=between,
             weight_dropout=config.weight_dropout,
         )  # fmt: skip
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.head = OutputLayer(config.hidden, config.vocab_size, activation="softmax")
 
     def forward(self, tokens: Tensor, state: State = None) -> tuple[Tensor, State]:
