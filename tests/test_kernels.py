@@ -68,6 +68,40 @@ def test_native_equals_reference(name, reverse, lengths, bias, given_state, dtyp
         torch.testing.assert_close(ours, oracle, **tol, msg=f"result {k}")
 
 
+def output_gradients(steps, batch, hidden, dtype):
+    """Output gradients as autograd hands them to the kernel: contiguous, sliced (a bidirectional
+    layer's half), expanded (``out.sum()``'s: all strides 0; or over the batch only), and with
+    features that are not contiguous."""
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, dtype=dtype, generator=g)  # noqa: E731
+    return {
+        "contiguous": rand(steps, batch, hidden),
+        "sliced": rand(steps, batch, 2 * hidden)[..., hidden:],
+        "expanded-scalar": torch.tensor(0.7, dtype=dtype).expand(steps, batch, hidden),
+        "expanded-over-batch": rand(steps, 1, hidden).expand(steps, batch, hidden),
+        "strided-features": rand(steps, batch, 2 * hidden)[..., ::2],
+    }
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "sliced", "expanded-scalar", "expanded-over-batch", "strided-features"])
+@pytest.mark.parametrize("name", RECURRENCES)
+def test_native_reads_output_gradients_of_any_layout(name, layout):
+    recurrence = RECURRENCES[name]
+    rows = recurrence.gate_count * H
+    make = lambda *shape: torch.randn(*shape, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    weights = Weights(make(rows, I), make(rows, H) * 0.5, make(rows), make(rows))
+    x, h0 = make(T, B, I), make(B, H)
+    state = LSTMState(h0, make(B, H)) if name == "lstm" else h0
+    dy = output_gradients(T, B, H, torch.float64)[layout]
+    leaves = [x, h0, *weights]
+    grads = []
+    for fn in (reference.run_direction, native.run_direction):
+        y, _ = fn(recurrence, weights, x, state, None, False)
+        grads.append(torch.autograd.grad(y, leaves, dy))
+    for k, (ours, oracle) in enumerate(zip(grads[1], grads[0])):
+        torch.testing.assert_close(ours, oracle, rtol=1e-10, atol=1e-10, msg=f"{layout}: gradient {k}")
+
+
 @contextlib.contextmanager
 def intra_op_threads(count):
     previous = torch.get_num_threads()
