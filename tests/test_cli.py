@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import rnnkit.cli
 from rnnkit.apps import APPS, get_app
 from rnnkit.cli import build_parser, main, train_config
 from rnnkit.kernels import cpu_has_bf16
+from rnnkit.train.distributed import DistContext
 
 TEXT = "".join(f"SPEAKER {i % 7}:\nthe quick brown fox jumps over the lazy dog {i}.\n\n" for i in range(400))
 TINY = ["--hidden", "32", "--layers", "1", "--embedding", "8", "--batch-size", "4", "--bptt-steps", "20", "--no-progress"]
@@ -147,6 +149,18 @@ def test_weight_dropout_and_ema_reach_the_model_directory(corpus, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["weight_dropout"] == 0.25 and config["train"]["ema_decay"] == 0.9
     assert rnnkit.load(out).model.rnn.weight_dropout == 0.25
+
+
+def test_rename_speakers_reaches_the_stream_source_and_is_off_by_default(corpus):
+    charlm = get_app("charlm")
+    for flags, renamed in (([], False), (["--rename-speakers"], True)):
+        args = build_parser().parse_args(["train", "charlm", "--data", str(corpus), "--steps", "1", *TINY, *flags])
+        _, batches = charlm.build(args, train_config(args, charlm.TRAIN_DEFAULTS), DistContext())
+        assert (batches.epoch_tokens is not None) == renamed
+    names = {f"SPEAKER {i}" for i in range(7)}
+    assert set(batches.epoch_tokens.names) == names  # the corpus's speakers, all of one length
+    first, second = batches.epoch_tokens(0), batches.epoch_tokens(1)
+    assert first.shape == second.shape and not torch.equal(first, second), "each epoch renames differently"
 
 
 def test_bad_training_options(capsys, model_dir, corpus, tmp_path):

@@ -71,9 +71,17 @@ class StreamBatches(_ChunkedStreams):
     every stream, inputs ``(B, K)`` and targets shifted by one. Consecutive chunks continue
     each stream, so the state is carried across them; after the last whole chunk the streams
     start again (``starts_streams``). Tokens past the last whole chunk are not used.
+
+    ``epoch_tokens(epoch)``, if given, returns the tokens of each epoch (the same length as
+    ``tokens``): a data augmentation that changes the text between epochs, such as
+    :class:`rnnkit.data.speakers.SpeakerRenaming`. It must be a function of the epoch, so that
+    a resumed run reads the same batches.
     """
 
-    def __init__(self, tokens: Tensor, batch_size: int, bptt_steps: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, tokens: Tensor, batch_size: int, bptt_steps: int, rank: int = 0, world_size: int = 1,
+        epoch_tokens: Callable[[int], Tensor] | None = None,
+    ) -> None:  # fmt: skip
         if tokens.dim() != 1:
             raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
         stream_length = (tokens.numel() - 1) // batch_size
@@ -83,11 +91,21 @@ class StreamBatches(_ChunkedStreams):
                 f"the corpus has {tokens.numel()} tokens, fewer than one chunk needs "
                 f"(batch_size * bptt_steps + 1 = {batch_size * bptt_steps + 1})"
             )
-        self.bptt_steps, self.batch_size = bptt_steps, batch_size
-        streams = tokens.as_strided((batch_size, stream_length + 1), (stream_length * tokens.stride(0), tokens.stride(0)))
-        self.streams = streams[_share(batch_size, rank, world_size)]
+        self.bptt_steps, self.batch_size, self.stream_length = bptt_steps, batch_size, stream_length
+        self.share, self.epoch_tokens = _share(batch_size, rank, world_size), epoch_tokens
+        self.length = tokens.numel()
+        self.streams = self._streams(tokens)
+        self._streams_epoch = None if epoch_tokens else -1  # the epoch self.streams holds (-1: every epoch)
+
+    def _streams(self, tokens: Tensor) -> Tensor:
+        if tokens.shape != (self.length,):
+            raise ValueError(f"epoch_tokens must return {self.length} tokens (1-D), got shape {tuple(tokens.shape)}")
+        step = tokens.stride(0)
+        return tokens.as_strided((self.batch_size, self.stream_length + 1), (self.stream_length * step, step))[self.share]
 
     def _batch(self, chunk: int) -> Batch:
+        if self.epoch_tokens is not None and self._streams_epoch != self.epoch:
+            self.streams, self._streams_epoch = self._streams(self.epoch_tokens(self.epoch)), self.epoch
         start = chunk * self.bptt_steps
         window = self.streams[:, start : start + self.bptt_steps + 1]
         inputs, targets = window[:, :-1].contiguous(), window[:, 1:].contiguous()

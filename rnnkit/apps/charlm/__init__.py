@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rnnkit.apps.charlm.model import CELLS, CharLM, CharLMConfig, LanguageModel, evaluate_stream
+from rnnkit.data.speakers import SpeakerRenaming
 from rnnkit.data.text import SHAKESPEARE_VALIDATION, CharVocab, read_corpus, shakespeare, split_documents
 from rnnkit.train import StreamBatches, Task, TrainConfig
 from rnnkit.train.distributed import DistContext
@@ -64,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="DropConnect on the recurrent weights W_hh, one mask per chunk (default: %(default)s)",
     )  # fmt: skip
     group.add_argument(
+        "--rename-speakers", action=argparse.BooleanOptionalAction, default=False,
+        help="rename the speakers (NAME: lines) differently in each epoch, so that the model learns to copy "
+        "names from the scene rather than by heart (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
         "--eval-chars", type=int, default=100_000, help="validation characters scored at each evaluation during training"
     )
 
@@ -80,7 +86,9 @@ def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -
     vocab = CharVocab.from_text(train_text)
     sizes = (args.embedding, args.hidden, args.layers)
     model = CharLM(CharLMConfig(len(vocab), args.cell, *sizes, dropout=args.dropout, weight_dropout=args.weight_dropout))
-    data = StreamBatches(vocab.encode(train_text), config.batch_size, config.bptt_steps, context.rank, context.world_size)
+    tokens = vocab.encode(train_text)
+    renaming = SpeakerRenaming(train_text, tokens, config.seed) if args.rename_speakers else None
+    data = StreamBatches(tokens, config.batch_size, config.bptt_steps, context.rank, context.world_size, epoch_tokens=renaming)
     valid = vocab.encode(valid_text[: args.eval_chars])
     if valid.numel() < 2:
         raise ValueError("the validation split is empty: give a longer corpus")
