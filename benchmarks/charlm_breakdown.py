@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -22,8 +21,8 @@ from torch.nn import functional as F
 import rnnkit
 from rnnkit.apps.charlm import load_text
 from rnnkit.apps.charlm.model import LanguageModel
+from rnnkit.data.speakers import SPEAKER_LINE
 
-SPEAKER_LINE = re.compile(r"(?m)^([A-Z][A-Z0-9 ,.'&-]*):$")
 RECENT = 500
 
 

@@ -95,7 +95,7 @@ class StreamBatches(_ChunkedStreams):
         self.share, self.epoch_tokens = _share(batch_size, rank, world_size), epoch_tokens
         self.length = tokens.numel()
         self.streams = self._streams(tokens)
-        self._streams_epoch = None if epoch_tokens else -1  # the epoch self.streams holds (-1: every epoch)
+        self._streams_epoch: int | None = None  # with epoch_tokens: the epoch self.streams holds
 
     def _streams(self, tokens: Tensor) -> Tensor:
         if tokens.shape != (self.length,):

@@ -999,7 +999,7 @@ std::vector<at::Tensor> forward(int64_t kind, at::Tensor x, at::Tensor h0, at::T
 // The output gradient dy (T, B, H) is read by rows, dy[t, b, :] at t * stride(0) + b * stride(1):
 // only each row's features need be contiguous. So a bidirectional layer's slice of its output
 // gradient, and the expanded gradient of out.sum() (0 strides), are read where they are; copying
-// the latter took 2% of a small-ts training step. A tensor whose features are not contiguous is
+// the latter took 1-2% of a small-ts training step. A tensor whose features are not contiguous is
 // copied, but only along the dimensions it does not broadcast over.
 at::Tensor rows_in_place(const at::Tensor& dy) {
   if (dy.numel() == 0 || dy.size(2) == 1 || dy.stride(2) == 1) return dy;
