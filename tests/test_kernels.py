@@ -6,8 +6,10 @@ available."""
 import contextlib
 import itertools
 import os
+import platform
 import subprocess
 import sys
+import sysconfig
 import textwrap
 
 import pytest
@@ -37,6 +39,23 @@ RECURRENCES = {name: make_recurrence(name, H) for name in ("rnn-tanh", "rnn-relu
 def test_the_kernel_builds_here():
     """CI has a compiler: the native kernel must build (a silent fallback would hide a defect)."""
     assert native.available()
+
+
+@pytest.mark.slow  # a compile of the kernel each, about a minute
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 vector widths only")
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64-v4"], ids=["avx2", "avx512"])
+def test_the_kernel_compiles_for_each_x86_vector_width(march, tmp_path):
+    """The register tiles take their shapes from the vector width (AVX-512 or AVX2), so the
+    source must compile for both, whatever this CPU has: an AVX-512-only register constraint
+    once left AVX2 hosts without the kernel. Compiled only, not loaded (this CPU may lack the
+    instructions); each host's default suite checks its own build against the reference."""
+    from torch.utils.cpp_extension import include_paths
+
+    flags = [f"-march={march}" if flag == "-march=native" else flag for flag in native.compile_flags()]
+    includes = [f"-I{path}" for path in [*include_paths(), sysconfig.get_paths()["include"]]]
+    command = [os.environ.get("CXX", "c++"), *flags, *includes, "-DTORCH_EXTENSION_NAME=rnnkit_check", "-fPIC", "-c"]
+    done = subprocess.run([*command, str(native.SOURCE), "-o", str(tmp_path / "recurrence.o")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def run(fn, recurrence, weights, x, state, mask, reverse):
@@ -135,12 +154,13 @@ def native_against_reference(recurrence, batch, steps, dtype, w_hh_scale=0.5, in
 @pytest.mark.parametrize("name", RECURRENCES)
 def test_native_equals_reference_through_every_tile_of_the_small_product(name, dtype):
     """Small per-step products and the input projection run on the kernel's register tiles
-    (``tile_product``): in one thread 13 sequences take a tile of 8 rows, one of 4 and one of
-    1; H=40 gives full column tiles and a remainder in both float32 (32 columns a tile, 64 for
-    4 rows) and float64 (16, 32)."""
+    (``tile_product``), whose shapes follow the vector width. In one thread 15 sequences take
+    every kind of tile: with AVX-512 one of 8 rows, one of 4 and single rows; with AVX2 two of 6
+    rows, one of 2 and a single row. H=40 gives full column tiles and a remainder in both float32
+    (AVX-512: 32 columns a tile, 64 for leftover rows; AVX2: 16, 32) and float64 (half those)."""
     recurrence = make_recurrence(name, 40)
     with intra_op_threads(1):
-        ours, oracle = native_against_reference(recurrence, batch=13, steps=5, dtype=dtype, w_hh_scale=0.15)
+        ours, oracle = native_against_reference(recurrence, batch=15, steps=5, dtype=dtype, w_hh_scale=0.15)
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
     for k, (a, b) in enumerate(zip(ours, oracle)):
         torch.testing.assert_close(a, b, **tol, msg=f"result {k}")

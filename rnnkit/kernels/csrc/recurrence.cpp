@@ -224,11 +224,22 @@ const c10::OperatorHandle* onednn_linear() {
   return op ? &*op : nullptr;
 }
 
+// A weight whose rows are padded (a slice of a wider matrix: the GRU's update and reset columns
+// of W_hh^T) has no AVX2 kernel in oneDNN: it fell to its reference inner product, 50 ms for a
+// 64x128x256 product that MKL does in 0.1 ms. Such weights go to MKL there.
+#if defined(__AVX512F__)
+constexpr bool kOneDnnTakesPaddedWeights = true;
+#else
+constexpr bool kOneDnnTakesPaddedWeights = false;
+#endif
+
 // out = a b through oneDNN (out[i, n] = sum_k a[i, k] b[k, n], b's transpose as the linear's
-// weight, any strides); false if it does not apply.
+// weight); false if it does not apply.
 inline bool onednn_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  const bool dense = (b.stride(1) == 1 && b.stride(0) == b.size(1)) || (b.stride(0) == 1 && b.stride(1) == b.size(0));
   if (out.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat ||
-      a.size(0) * a.size(1) * b.size(1) < kOneDnnMinMacs || onednn_linear() == nullptr) {
+      a.size(0) * a.size(1) * b.size(1) < kOneDnnMinMacs || onednn_linear() == nullptr ||
+      !(dense || kOneDnnTakesPaddedWeights)) {
     return false;
   }
   std::vector<c10::IValue> stack{a, b.t(), c10::IValue(), std::string("none"), c10::List<std::optional<at::Scalar>>(),
@@ -247,23 +258,37 @@ inline bool onednn_product(at::Tensor& out, const at::Tensor& a, const at::Tenso
 // A tile of ROWS x kTileCols accumulators stays in registers while k runs; each row of b is read
 // once per tile, straight from the cache, never copied. Blocks of 64 rows by one tile's columns
 // are split across threads when the product is large enough.
-constexpr int64_t kTileBytes = 128;  // a tile's row: two AVX-512 vectors (four for tiles of 4 rows)
-constexpr int64_t kSumChunk = 512;   // rows of a long sum over k taken at a time (see product_task)
+// The tiles' shapes follow the register file. A tile of R rows by V vectors holds R*V
+// accumulators, V vectors of b's row and a broadcast of a, and needs at least 8 accumulators to
+// hide the multiply-add latency (4 cycles, 2 a cycle).
+// - AVX-512: 32 registers of 64 bytes. Tiles of 8 rows by 2 vectors (16 accumulators); a
+//   task's 4 leftover rows take 4 vectors at once (16).
+// - AVX2 (and NEON): 16 registers of 32 bytes (NEON: 32 of 16). Tiles of 6 rows by 2 vectors
+//   (12 + 2 + 1 = 15 registers); leftover rows 2 at a time by 4 vectors (8 + 4 + 1). The AVX-512
+//   shapes there needed 32 accumulators in 16 registers: GCC kept them on the stack, a load and a
+//   store per multiply-add.
+#if defined(__AVX512F__)
+constexpr int64_t kVectorBytes = 64, kTileRows = 8, kLeftoverRows = 4;
+#else
+constexpr int64_t kVectorBytes = 32, kTileRows = 6, kLeftoverRows = 2;
+#endif
+constexpr int64_t kTileBytes = 2 * kVectorBytes;  // a tile's row: two vectors (four for leftover rows)
+constexpr int64_t kSumChunk = 512;                // rows of a long sum over k taken at a time (see product_task)
 
-// 64-byte vectors of float or double (GCC/Clang vector types: AVX-512, two AVX2 registers, or
-// NEON alike), and the same for loads and stores at any element-aligned address. Spelled out per
+// Vectors of kVectorBytes of float or double (GCC/Clang vector types: AVX-512, AVX2 or NEON
+// alike), and the same for loads and stores at any element-aligned address. Spelled out per
 // type: GCC ignores vector attributes on a template's dependent type.
 template <typename T>
-struct Vector64;
+struct Vector;
 template <>
-struct Vector64<float> {
-  using type = float __attribute__((vector_size(64)));
-  using unaligned = float __attribute__((vector_size(64), aligned(4)));
+struct Vector<float> {
+  using type = float __attribute__((vector_size(kVectorBytes)));
+  using unaligned = float __attribute__((vector_size(kVectorBytes), aligned(4)));
 };
 template <>
-struct Vector64<double> {
-  using type = double __attribute__((vector_size(64)));
-  using unaligned = double __attribute__((vector_size(64), aligned(8)));
+struct Vector<double> {
+  using type = double __attribute__((vector_size(kVectorBytes)));
+  using unaligned = double __attribute__((vector_size(kVectorBytes), aligned(8)));
 };
 
 template <typename T, int64_t ROWS, int64_t COLS>
@@ -271,12 +296,12 @@ void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t
                   const T* __restrict b, int64_t ldb, int64_t K, int64_t cols, const T* __restrict bias, bool accumulate) {
   // a[i * lda + k * a_step]: a's rows (a_step 1), or its columns (lda 1: out = a^T b, see
   // transposed_tile_products); either way one broadcast per row and k
-  if (cols == COLS) {  // the common case: whole 64-byte vectors, in registers
+  if (cols == COLS) {  // the common case: whole vectors, in registers
     // b's row is loaded into registers once per k and used by every row of the tile (written
     // as plain arrays, GCC reloaded it from memory for each row: a load per multiply-add)
-    using Vec = typename Vector64<T>::type;
-    using VecUnaligned = typename Vector64<T>::unaligned;
-    constexpr int64_t kLanes = 64 / sizeof(T), kVecs = COLS / kLanes;
+    using Vec = typename Vector<T>::type;
+    using VecUnaligned = typename Vector<T>::unaligned;
+    constexpr int64_t kLanes = kVectorBytes / sizeof(T), kVecs = COLS / kLanes;
     static_assert(COLS % kLanes == 0, "a tile's row is whole vectors");
     Vec acc[ROWS][kVecs] = {};
     for (int64_t k = 0; k < K; ++k) {
@@ -318,10 +343,10 @@ void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t
       out[i * ldo + j] = (bias ? acc[i][j] + bias[j] : acc[i][j]) + (accumulate ? out[i * ldo + j] : T(0));
 }
 
-// A task: rows [m0, m1) by the columns [n0, n0 + width) (width <= 2 * kCols). Tiles of 8 rows
-// by kCols columns; 4 leftover rows take the full width at once (a thread's share of a small
-// batch: 4 rows of 8 on long-seq), so a tile always has 16 vector accumulators to hide the
-// multiply-add latency; then single rows. k runs in chunks of kChunk, each chunk over all the
+// A task: rows [m0, m1) by the columns [n0, n0 + width) (width <= 2 * kCols). Tiles of
+// kTileRows rows by kCols columns; leftover rows, kLeftoverRows at a time, take the full width at
+// once (a thread's share of a small batch: 4 rows of 8 on long-seq), so a tile keeps enough
+// accumulators to hide the multiply-add latency; then single rows. k runs in chunks of kChunk, each chunk over all the
 // task's tiles, so that a long sum (a weight gradient's over T*B rows) reads its chunk of a and b
 // from L2 rather than memory; the later chunks add to out (the bias comes with the first).
 template <typename T>
@@ -335,15 +360,15 @@ void product_task(T* out, int64_t ldo, const T* a, int64_t lda, int64_t a_step, 
     const T* bias_k = k0 == 0 ? bias : nullptr;
     const bool more = accumulate || k0 > 0;
     int64_t m = m0;
-    for (; m + 8 <= m1; m += 8) {
+    for (; m + kTileRows <= m1; m += kTileRows) {
       for (int64_t n = n0; n < n0 + width; n += kCols) {
-        product_tile<T, 8, kCols>(out + m * ldo + n, ldo, ak + m * lda, lda, a_step, bk + n, ldb, k_len,
+        product_tile<T, kTileRows, kCols>(out + m * ldo + n, ldo, ak + m * lda, lda, a_step, bk + n, ldb, k_len,
                                   std::min(kCols, n0 + width - n), bias_k ? bias_k + n : nullptr, more);
       }
     }
     const T* bias_n = bias_k ? bias_k + n0 : nullptr;
-    for (; m + 4 <= m1; m += 4)
-      product_tile<T, 4, 2 * kCols>(out + m * ldo + n0, ldo, ak + m * lda, lda, a_step, bk + n0, ldb, k_len, width, bias_n,
+    for (; m + kLeftoverRows <= m1; m += kLeftoverRows)
+      product_tile<T, kLeftoverRows, 2 * kCols>(out + m * ldo + n0, ldo, ak + m * lda, lda, a_step, bk + n0, ldb, k_len, width, bias_n,
                                     more);
     for (; m < m1; ++m)
       product_tile<T, 1, 2 * kCols>(out + m * ldo + n0, ldo, ak + m * lda, lda, a_step, bk + n0, ldb, k_len, width, bias_n,
