@@ -154,13 +154,14 @@ def native_against_reference(recurrence, batch, steps, dtype, w_hh_scale=0.5, in
 @pytest.mark.parametrize("name", RECURRENCES)
 def test_native_equals_reference_through_every_tile_of_the_small_product(name, dtype):
     """Small per-step products and the input projection run on the kernel's register tiles
-    (``tile_product``), whose shapes follow the vector width. In one thread 15 sequences take
-    every kind of tile: with AVX-512 one of 8 rows, one of 4 and single rows; with AVX2 two of 6
-    rows, one of 2 and a single row. H=40 gives full column tiles and a remainder in both float32
-    (AVX-512: 32 columns a tile, 64 for leftover rows; AVX2: 16, 32) and float64 (half those)."""
+    (``tile_product``), whose shapes follow the vector width. In one thread 23 sequences take
+    every kind of tile: with AVX-512 two of 8 rows, one of 4 and single rows; with AVX2 three of
+    6 rows, one of 4 and a single row. H=40 gives full column tiles and a remainder in both
+    float32 (AVX-512: 32 columns a tile, 64 for leftover rows; AVX2: 16 for both) and float64
+    (half those)."""
     recurrence = make_recurrence(name, 40)
     with intra_op_threads(1):
-        ours, oracle = native_against_reference(recurrence, batch=15, steps=5, dtype=dtype, w_hh_scale=0.15)
+        ours, oracle = native_against_reference(recurrence, batch=23, steps=5, dtype=dtype, w_hh_scale=0.15)
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
     for k, (a, b) in enumerate(zip(ours, oracle)):
         torch.testing.assert_close(a, b, **tol, msg=f"result {k}")
@@ -335,9 +336,9 @@ def test_single_step_equals_reference(name, bias, batch, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("name", CELLS)
 def test_single_step_equals_reference_at_sizes_past_the_vector_width(name, dtype):
-    """The single step's float32 products take weight rows 16 at a time, 16 columns per vector,
-    split across threads: at H=37, I=19 every block, the leftover rows and columns run (fp64 to
-    1e-10, fp32 to 2e-5)."""
+    """The single step's float32 products take as many weight rows at a time as a vector has
+    lanes (16 with AVX-512, 8 with AVX2) and as many columns per vector, split across threads:
+    at H=37, I=19 every block, the leftover rows and columns run (fp64 to 1e-10, fp32 to 2e-5)."""
     cell = {
         "rnn-tanh": RNNCell(19, 37), "rnn-relu": RNNCell(19, 37, nonlinearity="relu"), "lstm": LSTMCell(19, 37),
         "gru-reset-before": GRUCell(19, 37), "gru-reset-after": GRUCell(19, 37, reset_after=True),

@@ -264,15 +264,16 @@ inline bool onednn_product(at::Tensor& out, const at::Tensor& a, const at::Tenso
 // - AVX-512: 32 registers of 64 bytes. Tiles of 8 rows by 2 vectors (16 accumulators); a
 //   task's 4 leftover rows take 4 vectors at once (16).
 // - AVX2 (and NEON): 16 registers of 32 bytes (NEON: 32 of 16). Tiles of 6 rows by 2 vectors
-//   (12 + 2 + 1 = 15 registers); leftover rows 2 at a time by 4 vectors (8 + 4 + 1). The AVX-512
-//   shapes there needed 32 accumulators in 16 registers: GCC kept them on the stack, a load and a
-//   store per multiply-add.
+//   (12 + 2 + 1 = 15 registers); 4 leftover rows by 2 vectors (8 + 2 + 1). The AVX-512 shapes
+//   there needed 32 accumulators in 16 registers: GCC kept them on the stack, a load and a store
+//   per multiply-add. Leftover rows 2 at a time by 4 vectors read b twice for a thread's 4 rows
+//   of long-seq: its training step took 6-7% longer (28.5 against 26.8 ms, kernel_ab.py).
 #if defined(__AVX512F__)
-constexpr int64_t kVectorBytes = 64, kTileRows = 8, kLeftoverRows = 4;
+constexpr int64_t kVectorBytes = 64, kTileRows = 8, kLeftoverRows = 4, kLeftoverVectors = 4;
 #else
-constexpr int64_t kVectorBytes = 32, kTileRows = 6, kLeftoverRows = 2;
+constexpr int64_t kVectorBytes = 32, kTileRows = 6, kLeftoverRows = 4, kLeftoverVectors = 2;
 #endif
-constexpr int64_t kTileBytes = 2 * kVectorBytes;  // a tile's row: two vectors (four for leftover rows)
+constexpr int64_t kTileBytes = 2 * kVectorBytes;  // a tile's row: two vectors (kLeftoverVectors for leftover rows)
 constexpr int64_t kSumChunk = 512;                // rows of a long sum over k taken at a time (see product_task)
 
 // Vectors of kVectorBytes of float or double (GCC/Clang vector types: AVX-512, AVX2 or NEON
@@ -367,9 +368,14 @@ void product_task(T* out, int64_t ldo, const T* a, int64_t lda, int64_t a_step, 
       }
     }
     const T* bias_n = bias_k ? bias_k + n0 : nullptr;
-    for (; m + kLeftoverRows <= m1; m += kLeftoverRows)
-      product_tile<T, kLeftoverRows, 2 * kCols>(out + m * ldo + n0, ldo, ak + m * lda, lda, a_step, bk + n0, ldb, k_len, width, bias_n,
-                                    more);
+    constexpr int64_t kLeftoverCols = kLeftoverVectors * kVectorBytes / sizeof(T);
+    for (; m + kLeftoverRows <= m1; m += kLeftoverRows) {
+      for (int64_t n = n0; n < n0 + width; n += kLeftoverCols) {
+        product_tile<T, kLeftoverRows, kLeftoverCols>(out + m * ldo + n, ldo, ak + m * lda, lda, a_step, bk + n, ldb, k_len,
+                                                      std::min(kLeftoverCols, n0 + width - n),
+                                                      bias_k ? bias_k + n : nullptr, more);
+      }
+    }
     for (; m < m1; ++m)
       product_tile<T, 1, 2 * kCols>(out + m * ldo + n0, ldo, ak + m * lda, lda, a_step, bk + n0, ldb, k_len, width, bias_n,
                                     more);
@@ -1074,65 +1080,63 @@ void project_plain(T* __restrict out, int64_t out_stride, const T* __restrict in
   }
 }
 
-// float32: 16 weight rows at a time, each accumulated in one 16-lane vector over k, then the 16
-// vectors summed into one vector of 16 row sums by a tree of 4 levels of lane shuffles (15 adds
-// rather than 16 horizontal reductions; with `omp simd` reductions the compiler kept the
-// accumulators on the stack and reduced each row with 15 scalar adds: 22% of a B=1, H=128 LSTM
-// step). Written with GCC/Clang vector types, so it compiles to AVX-512, AVX2 or NEON alike.
-using f32x16 = float __attribute__((vector_size(64)));
-using f32x16_unaligned = float __attribute__((vector_size(64), aligned(4)));
-inline f32x16 load16(const float* p) { return *reinterpret_cast<const f32x16_unaligned*>(p); }
+// float32: as many weight rows at a time as a vector has lanes (kStepRows: 16 with AVX-512, 8
+// with AVX2), each accumulated in one vector over k, then the vectors summed into one vector of
+// row sums by a tree of lane shuffles (log2 kStepRows levels: 15 adds for 16 rows rather than 16
+// horizontal reductions; with `omp simd` reductions the compiler kept the accumulators on the
+// stack and reduced each row with 15 scalar adds: 22% of a B=1, H=128 LSTM step). AVX2 takes 8
+// rows of 32-byte vectors: 16 rows of 64-byte ones needed 32 accumulators in its 16 registers.
+// Written with GCC/Clang vector types, so it compiles to AVX-512, AVX2 or NEON alike.
+using StepVector = Vector<float>::type;
+constexpr int kStepRows = kVectorBytes / sizeof(float);
+inline StepVector load_lanes(const float* p) { return *reinterpret_cast<const Vector<float>::unaligned*>(p); }
 
-#if defined(__clang__)
-#define RNNKIT_SHUFFLE16(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-using i32x16 = int32_t __attribute__((vector_size(64)));
-#define RNNKIT_SHUFFLE16(a, b, ...) __builtin_shuffle(a, b, i32x16{__VA_ARGS__})
-#endif
-
-// One level of the tree each: foldN takes a's and b's lanes in blocks of N, interleaved, and adds
-// pairs of blocks, so every lane is the sum of two lanes of one vector. After fold8, fold4, fold2
-// and fold1 over accumulators 0..15 in pairs, lane L holds the sum of accumulator kLaneOf[L]
-// (bit-reversed order).
-inline f32x16 fold8(f32x16 a, f32x16 b) {
-  return RNNKIT_SHUFFLE16(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-         RNNKIT_SHUFFLE16(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+// One level of the tree: fold<S>(a, b) takes a's and b's lanes in blocks of S, interleaved (a's
+// even blocks with b's, then a's odd blocks with b's), and adds the two, so every lane is the sum
+// of two lanes of one vector. Folding accumulators 0..N-1 in pairs with S = N/2, then the results
+// with S = N/4, ..., 1, lane L ends up with the sum of accumulator lane_row(L), L's bits reversed
+// (its own inverse).
+constexpr int fold_lane(int lane, int S, bool odd) {
+  const int group = lane / (2 * S), within = lane % (2 * S);
+  const int from = group * 2 * S + (odd ? S : 0) + within % S;
+  return within < S ? from : kStepRows + from;  // indices past kStepRows are b's lanes
 }
-inline f32x16 fold4(f32x16 a, f32x16 b) {
-  return RNNKIT_SHUFFLE16(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
-         RNNKIT_SHUFFLE16(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+template <int S, int... L>
+inline StepVector fold(StepVector a, StepVector b, std::integer_sequence<int, L...>) {
+  return __builtin_shufflevector(a, b, fold_lane(L, S, false)...) + __builtin_shufflevector(a, b, fold_lane(L, S, true)...);
 }
-inline f32x16 fold2(f32x16 a, f32x16 b) {
-  return RNNKIT_SHUFFLE16(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
-         RNNKIT_SHUFFLE16(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-}
-inline f32x16 fold1(f32x16 a, f32x16 b) {
-  return RNNKIT_SHUFFLE16(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
-         RNNKIT_SHUFFLE16(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-}
-constexpr int kLaneOf[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};  // its own inverse
-
-// Rows [r0, r0 + 16) of one input row: out[r0 + L] for L = 0..15.
-inline void project16(float* __restrict out, const float* __restrict in, const float* __restrict w, int64_t r0, int64_t K,
-                      const float* __restrict bias) {
-  const int64_t K16 = K - K % 16;
-  const float* rows[16];
-  for (int j = 0; j < 16; ++j) rows[j] = w + (r0 + kLaneOf[j]) * K;  // accumulator j takes row kLaneOf[j]
-  f32x16 acc[16] = {};
-  for (int64_t k = 0; k < K16; k += 16) {
-    const f32x16 v = load16(in + k);
-    for (int j = 0; j < 16; ++j) acc[j] += load16(rows[j] + k) * v;
+template <int S>
+inline StepVector fold_all(StepVector* v, int n) {  // folds v[0..n) in place; the last level's sum
+  for (int j = 0; j < n / 2; ++j) v[j] = fold<S>(v[2 * j], v[2 * j + 1], std::make_integer_sequence<int, kStepRows>{});
+  if constexpr (S == 1) {
+    return v[0];
+  } else {
+    return fold_all<S / 2>(v, n / 2);
   }
-  f32x16 level8[8], level4[4], level2[2];
-  for (int j = 0; j < 8; ++j) level8[j] = fold8(acc[2 * j], acc[2 * j + 1]);
-  for (int j = 0; j < 4; ++j) level4[j] = fold4(level8[2 * j], level8[2 * j + 1]);
-  for (int j = 0; j < 2; ++j) level2[j] = fold2(level4[2 * j], level4[2 * j + 1]);
-  f32x16 sums = fold1(level2[0], level2[1]);  // lane L: the row r0 + L
-  if (bias) sums += load16(bias + r0);
-  for (int64_t k = K16; k < K; ++k) {  // the last K mod 16 columns
-    for (int L = 0; L < 16; ++L) sums[L] += w[(r0 + L) * K + k] * in[k];
+}
+constexpr int lane_row(int lane) {
+  int row = 0;
+  for (int bit = 1; bit < kStepRows; bit <<= 1) row = (row << 1) | ((lane & bit) ? 1 : 0);
+  return row;
+}
+
+// Rows [r0, r0 + kStepRows) of one input row: out[r0 + L] for L = 0..kStepRows-1.
+inline void project_rows(float* __restrict out, const float* __restrict in, const float* __restrict w, int64_t r0,
+                         int64_t K, const float* __restrict bias) {
+  const int64_t K_whole = K - K % kStepRows;
+  const float* rows[kStepRows];
+  for (int j = 0; j < kStepRows; ++j) rows[j] = w + (r0 + lane_row(j)) * K;  // accumulator j takes row lane_row(j)
+  StepVector acc[kStepRows] = {};
+  for (int64_t k = 0; k < K_whole; k += kStepRows) {
+    const StepVector v = load_lanes(in + k);
+    for (int j = 0; j < kStepRows; ++j) acc[j] += load_lanes(rows[j] + k) * v;
   }
-  for (int L = 0; L < 16; ++L) out[r0 + L] = sums[L];
+  StepVector sums = fold_all<kStepRows / 2>(acc, kStepRows);  // lane L: the row r0 + L
+  if (bias) sums += load_lanes(bias + r0);
+  for (int64_t k = K_whole; k < K; ++k) {  // the last K mod kStepRows columns
+    for (int L = 0; L < kStepRows; ++L) sums[L] += w[(r0 + L) * K + k] * in[k];
+  }
+  for (int L = 0; L < kStepRows; ++L) out[r0 + L] = sums[L];
 }
 
 // One product of the single step: out (B, R, row stride out_stride) = in (B, K) w^T (+ bias).
@@ -1147,7 +1151,7 @@ struct Projection {
   const T* bias;  // or nullptr
 };
 
-// Independent products in one go: their 16-row blocks share one parallel region (both products
+// Independent products in one go: their blocks of kStepRows rows share one parallel region (both products
 // of an LSTM step cost less than a thread fork each).
 template <typename T>
 void project(std::initializer_list<Projection<T>> jobs, int64_t B) {
@@ -1155,24 +1159,24 @@ void project(std::initializer_list<Projection<T>> jobs, int64_t B) {
     for (const auto& p : jobs) project_plain<T>(p.out, p.out_stride, p.in, p.in_stride, B, p.w, p.R, p.K, p.bias);
   } else {
     int64_t blocks = 0, macs = 0;
-    for (const auto& p : jobs) blocks += p.R / 16, macs += p.R * p.K * B;
+    for (const auto& p : jobs) blocks += p.R / kStepRows, macs += p.R * p.K * B;
     // threads for at least 2^14 multiply-adds each (measured: two threads pay at H=128, B=1)
     const int64_t grain = std::max<int64_t>(1, blocks * (int64_t(1) << 14) / std::max<int64_t>(1, macs));
     at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
       FlushDenormals flush;
       int64_t first = 0;  // the first block of job p
       for (const auto& p : jobs) {
-        const int64_t lo = std::max(begin, first), hi = std::min(end, first + p.R / 16);
+        const int64_t lo = std::max(begin, first), hi = std::min(end, first + p.R / kStepRows);
         for (int64_t b = 0; b < B; ++b) {
           for (int64_t block = lo; block < hi; ++block) {
-            project16(p.out + b * p.out_stride, p.in + b * p.in_stride, p.w, (block - first) * 16, p.K, p.bias);
+            project_rows(p.out + b * p.out_stride, p.in + b * p.in_stride, p.w, (block - first) * kStepRows, p.K, p.bias);
           }
         }
-        first += p.R / 16;
+        first += p.R / kStepRows;
       }
     });
     for (const auto& p : jobs) {
-      const int64_t done = p.R - p.R % 16;  // the last R mod 16 rows
+      const int64_t done = p.R - p.R % kStepRows;  // the last R mod kStepRows rows
       if (done < p.R) {
         project_plain<T>(p.out + done, p.out_stride, p.in, p.in_stride, B, p.w + done * p.K, p.R - done, p.K,
                          p.bias ? p.bias + done : nullptr);
