@@ -209,7 +209,8 @@ def test_native_equals_reference_with_rows_split_across_threads_or_not(name, thr
 @pytest.mark.parametrize("name", RECURRENCES)
 def test_native_equals_reference_where_large_products_go_through_onednn(name):
     """At a charLM's size (B=64, H=256, I=16) the float32 per-step products are past the
-    kernel's oneDNN threshold (``kOneDnnMinMacs``). The LSTM's dW_hh (4,608 x 1,024 x 256, 1.2 G
+    kernel's oneDNN threshold (``kOneDnnMinMacs``) when it is built for AVX-512 (AVX2 builds
+    keep them on the tiles up to 2^25 multiply-adds; see the next test). The LSTM's dW_hh (4,608 x 1,024 x 256, 1.2 G
     multiply-adds) is past ``kTileWeightMaxMacs`` too and goes through oneDNN, its operands
     transposed in chunks of 2^22 elements: 4,096 rows, so 72 steps of 64 sequences are two
     chunks; the other weight gradients take the tiles that read the gate gradients by columns
@@ -220,6 +221,18 @@ def test_native_equals_reference_where_large_products_go_through_onednn(name):
         # a weight gradient sums 4,608 products in float32, in another order than the oracle:
         # its error scales with the largest entry (1e-6 of it measured), not with each entry
         scale = oracle.abs().max().item()
+        torch.testing.assert_close(ours, oracle, rtol=1e-4, atol=1e-4 + 2e-5 * scale, msg=f"result {k}")
+
+
+@pytest.mark.parametrize("name", RECURRENCES)
+def test_native_equals_reference_where_per_step_products_go_through_onednn_on_any_build(name):
+    """At B=128, H=512 a float32 per-step product (128 x 512 x 2,048 for the LSTM, 2^25
+    multiply-adds for the RNN) reaches the oneDNN threshold of both the AVX-512 and the AVX2
+    builds (2^21, 2^25 multiply-adds); three steps keep the weight gradients on the tiles."""
+    recurrence = make_recurrence(name, 512)
+    results = native_against_reference(recurrence, batch=128, steps=3, dtype=torch.float32, w_hh_scale=0.04, inputs=16)
+    for k, (ours, oracle) in enumerate(zip(*results)):
+        scale = oracle.abs().max().item()  # sums of 512 float32 products in another order
         torch.testing.assert_close(ours, oracle, rtol=1e-4, atol=1e-4 + 2e-5 * scale, msg=f"result {k}")
 
 

@@ -215,8 +215,15 @@ void rows_of(const at::Tensor& view, const Fn& fn) {  // fn(row) for every row, 
 // for a charLM step's product (B=64, K=256, N=1024) and oneDNN 95 us (64x256x256: 48 against
 // 36 us; dW_hh of charLM: 17.4 against 13.6 ms); for small products MKL is the faster (B=8,
 // K=128, N=512: 14 against 19 us), hence the size threshold. Without the op (a torch built
-// without oneDNN), MKL does them all.
+// without oneDNN), MKL does them all. On an AVX2 host a charLM step's product (16.8M
+// multiply-adds) ran faster on the kernel's own tiles, each thread on its own rows with no fork
+// and join per step (split_rows): a charLM LSTM training step 151 against 167 ms
+// (benchmarks/kernel_ab.py); big's (67M) was slower on them (519 against 483 ms).
+#if defined(__AVX512F__)
 constexpr int64_t kOneDnnMinMacs = int64_t(1) << 21;
+#else
+constexpr int64_t kOneDnnMinMacs = int64_t(1) << 25;
+#endif
 
 const c10::OperatorHandle* onednn_linear() {
   static const std::optional<c10::OperatorHandle> op =
