@@ -352,10 +352,10 @@ void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t
 }
 
 // A task: rows [m0, m1) by the columns [n0, n0 + width) (width <= 2 * kCols). Tiles of
-// kTileRows rows by kCols columns; leftover rows, kLeftoverRows at a time, take the full width at
-// once (a thread's share of a small batch: 4 rows of 8 on long-seq), so a tile keeps enough
-// accumulators to hide the multiply-add latency; then single rows. k runs in chunks of kChunk, each chunk over all the
-// task's tiles, so that a long sum (a weight gradient's over T*B rows) reads its chunk of a and b
+// kTileRows rows by kCols columns; then leftover rows, kLeftoverRows at a time, in tiles of
+// kLeftoverVectors vectors (a thread's share of a small batch: 4 rows of 8 on long-seq), so a
+// tile keeps enough accumulators to hide the multiply-add latency; then single rows, the full
+// width at once. k runs in chunks of kChunk, each chunk over all the task's tiles, so that a long sum (a weight gradient's over T*B rows) reads its chunk of a and b
 // from L2 rather than memory; the later chunks add to out (the bias comes with the first).
 template <typename T>
 void product_task(T* out, int64_t ldo, const T* a, int64_t lda, int64_t a_step, const T* b, int64_t ldb, int64_t K,
@@ -371,7 +371,7 @@ void product_task(T* out, int64_t ldo, const T* a, int64_t lda, int64_t a_step, 
     for (; m + kTileRows <= m1; m += kTileRows) {
       for (int64_t n = n0; n < n0 + width; n += kCols) {
         product_tile<T, kTileRows, kCols>(out + m * ldo + n, ldo, ak + m * lda, lda, a_step, bk + n, ldb, k_len,
-                                  std::min(kCols, n0 + width - n), bias_k ? bias_k + n : nullptr, more);
+                                          std::min(kCols, n0 + width - n), bias_k ? bias_k + n : nullptr, more);
       }
     }
     const T* bias_n = bias_k ? bias_k + n0 : nullptr;
@@ -1093,7 +1093,8 @@ void project_plain(T* __restrict out, int64_t out_stride, const T* __restrict in
 // horizontal reductions; with `omp simd` reductions the compiler kept the accumulators on the
 // stack and reduced each row with 15 scalar adds: 22% of a B=1, H=128 LSTM step). AVX2 takes 8
 // rows of 32-byte vectors: 16 rows of 64-byte ones needed 32 accumulators in its 16 registers.
-// Written with GCC/Clang vector types, so it compiles to AVX-512, AVX2 or NEON alike.
+// Written with GCC/Clang vector types (and __builtin_shufflevector: GCC 12 or Clang), so it
+// compiles to AVX-512, AVX2 or NEON alike.
 using StepVector = Vector<float>::type;
 constexpr int kStepRows = kVectorBytes / sizeof(float);
 inline StepVector load_lanes(const float* p) { return *reinterpret_cast<const Vector<float>::unaligned*>(p); }
@@ -1158,8 +1159,8 @@ struct Projection {
   const T* bias;  // or nullptr
 };
 
-// Independent products in one go: their blocks of kStepRows rows share one parallel region (both products
-// of an LSTM step cost less than a thread fork each).
+// Independent products in one go: their blocks of kStepRows rows share one parallel region
+// (both products of an LSTM step cost less than a thread fork each).
 template <typename T>
 void project(std::initializer_list<Projection<T>> jobs, int64_t B) {
   if constexpr (!std::is_same_v<T, float>) {
