@@ -45,6 +45,15 @@
 #define RNNKIT_X86 1
 #endif
 
+// Compiled for AVX-512 (32 registers of 64 bytes), or for narrower vectors (AVX2: 16 of 32
+// bytes; NEON): the register tiles' shapes and where oneDNN pays differ (kOneDnnMinMacs,
+// kOneDnnTakesPaddedWeights, kVectorBytes).
+#if defined(__AVX512F__)
+constexpr bool kAvx512 = true;
+#else
+constexpr bool kAvx512 = false;
+#endif
+
 namespace {
 
 enum Kind : int64_t { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU_BEFORE = 3, GRU_AFTER = 4 };
@@ -219,11 +228,7 @@ void rows_of(const at::Tensor& view, const Fn& fn) {  // fn(row) for every row, 
 // multiply-adds) ran faster on the kernel's own tiles, each thread on its own rows with no fork
 // and join per step (split_rows): a charLM LSTM training step 151 against 167 ms
 // (benchmarks/kernel_ab.py); big's (67M) was slower on them (519 against 483 ms).
-#if defined(__AVX512F__)
-constexpr int64_t kOneDnnMinMacs = int64_t(1) << 21;
-#else
-constexpr int64_t kOneDnnMinMacs = int64_t(1) << 25;
-#endif
+constexpr int64_t kOneDnnMinMacs = int64_t(1) << (kAvx512 ? 21 : 25);
 
 const c10::OperatorHandle* onednn_linear() {
   static const std::optional<c10::OperatorHandle> op =
@@ -234,11 +239,7 @@ const c10::OperatorHandle* onednn_linear() {
 // A weight whose rows are padded (a slice of a wider matrix: the GRU's update and reset columns
 // of W_hh^T) has no AVX2 kernel in oneDNN: it fell to its reference inner product, 50 ms for a
 // 64x128x256 product that MKL does in 0.1 ms. Such weights go to MKL there.
-#if defined(__AVX512F__)
-constexpr bool kOneDnnTakesPaddedWeights = true;
-#else
-constexpr bool kOneDnnTakesPaddedWeights = false;
-#endif
+constexpr bool kOneDnnTakesPaddedWeights = kAvx512;
 
 // out = a b through oneDNN (out[i, n] = sum_k a[i, k] b[k, n], b's transpose as the linear's
 // weight); false if it does not apply.
@@ -275,11 +276,8 @@ inline bool onednn_product(at::Tensor& out, const at::Tensor& a, const at::Tenso
 //   there needed 32 accumulators in 16 registers: GCC kept them on the stack, a load and a store
 //   per multiply-add. Leftover rows 2 at a time by 4 vectors read b twice for a thread's 4 rows
 //   of long-seq: its training step took 6-7% longer (28.5 against 26.8 ms, kernel_ab.py).
-#if defined(__AVX512F__)
-constexpr int64_t kVectorBytes = 64, kTileRows = 8, kLeftoverRows = 4, kLeftoverVectors = 4;
-#else
-constexpr int64_t kVectorBytes = 32, kTileRows = 6, kLeftoverRows = 4, kLeftoverVectors = 2;
-#endif
+constexpr int64_t kVectorBytes = kAvx512 ? 64 : 32, kTileRows = kAvx512 ? 8 : 6, kLeftoverRows = 4,
+                  kLeftoverVectors = kAvx512 ? 4 : 2;
 constexpr int64_t kTileBytes = 2 * kVectorBytes;  // a tile's row: two vectors (kLeftoverVectors for leftover rows)
 constexpr int64_t kSumChunk = 512;                // rows of a long sum over k taken at a time (see product_task)
 
