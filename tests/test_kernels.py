@@ -167,13 +167,34 @@ def test_native_equals_reference_through_every_tile_of_the_small_product(name, d
         torch.testing.assert_close(a, b, **tol, msg=f"result {k}")
 
 
+@pytest.mark.parametrize("inputs", [5, 12, 20, 36])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("name", ["lstm", "gru-reset-before", "rnn-tanh"])
+def test_native_equals_reference_where_a_tile_has_columns_left_over(name, dtype, inputs):
+    """The input gradient dx = dG W_ih has I columns: fewer than a tile's, or a tile's and a
+    remainder. Up to half a tile's width a narrower tile runs (I=5, 12 in float32 on AVX2: a tile
+    of one vector); else b's rows are copied into a panel padded with zeros to whole vectors
+    (``product_tile_last_columns``). 5, 12, 20 and 36 inputs take each of these on both vector
+    widths and dtypes, through tiles of 6 or 8 rows, 4 rows and single rows (23 sequences, one
+    thread). fp64 to 1e-10."""
+    with intra_op_threads(1):
+        ours, oracle = native_against_reference(
+            make_recurrence(name, 24), batch=23, steps=4, dtype=dtype, w_hh_scale=0.2, inputs=inputs
+        )
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
+    for k, (a, b) in enumerate(zip(ours, oracle)):
+        torch.testing.assert_close(a, b, **tol, msg=f"result {k}")
+
+
 @pytest.mark.parametrize("inputs", [40, 3], ids=["wide-input", "narrow-input"])
 @pytest.mark.parametrize("name", RECURRENCES)
 def test_native_weight_gradients_sum_long_sequences_in_chunks(name, inputs):
-    """The weight gradients sum over all T*B rows with tiles that read the gate gradients by
-    columns (``transposed_tile_products``), 512 rows at a time, each chunk added to the last,
-    with the bias gradients (column sums) from the same pass: 25 steps of 24 sequences are 600
-    rows, two chunks. With 3 inputs (fewer than a tile's columns) dW_ih is computed as its
+    """The weight gradients sum over all T*B rows. On AVX-512 builds the tiles read the gate
+    gradients by columns (``transposed_tile_products``), 512 rows at a time, each chunk added to
+    the last, with the bias gradients (column sums) from the same pass: 25 steps of 24 sequences
+    are 600 rows, two chunks. AVX2 builds give every weight gradient at least a tile wide to
+    MKL's transposed GEMM (``kWeightGradientsOnMkl``) and the bias gradients to a sum. With 3
+    inputs (fewer than a tile's columns) dW_ih takes the tiles on both, computed as its
     transpose. fp64 to 1e-10."""
     recurrence = make_recurrence(name, 20)
     ours, oracle = native_against_reference(recurrence, batch=24, steps=25, dtype=torch.float64, w_hh_scale=0.2, inputs=inputs)
@@ -210,11 +231,12 @@ def test_native_equals_reference_with_rows_split_across_threads_or_not(name, thr
 def test_native_equals_reference_where_large_products_go_through_onednn(name):
     """At a charLM's size (B=64, H=256, I=16) the float32 per-step products are past the
     kernel's oneDNN threshold (``kOneDnnMinMacs``) when it is built for AVX-512 (AVX2 builds
-    keep them on the tiles up to 2^25 multiply-adds; see the next test). The LSTM's dW_hh (4,608 x 1,024 x 256, 1.2 G
-    multiply-adds) is past ``kTileWeightMaxMacs`` too and goes through oneDNN, its operands
-    transposed in chunks of 2^22 elements: 4,096 rows, so 72 steps of 64 sequences are two
-    chunks; the other weight gradients take the tiles that read the gate gradients by columns
-    (dW_ih, with 16 inputs, as its transpose). Lengths, bias, an initial state and reverse time."""
+    keep them on the tiles up to 2^25 multiply-adds; see the next test). On AVX-512 builds the LSTM's dW_hh (4,608 x
+    1,024 x 256, 1.2 G multiply-adds) is past ``kTileWeightMaxMacs`` too and goes through
+    oneDNN, its operands transposed in chunks of 2^22 elements: 4,096 rows, so 72 steps of 64
+    sequences are two chunks; the other weight gradients take the tiles that read the gate
+    gradients by columns (dW_ih, with 16 inputs, as its transpose). AVX2 builds give them all to
+    MKL. Lengths, bias, an initial state and reverse time."""
     recurrence = make_recurrence(name, 256)
     results = native_against_reference(recurrence, batch=64, steps=72, dtype=torch.float32, w_hh_scale=0.06, inputs=16)
     for k, (ours, oracle) in enumerate(zip(*results)):

@@ -298,55 +298,80 @@ struct Vector<double> {
 };
 
 template <typename T, int64_t ROWS, int64_t COLS>
+void product_tile_last_columns(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t lda, int64_t a_step,
+                               const T* __restrict b, int64_t ldb, int64_t K, int64_t cols, const T* __restrict bias,
+                               bool accumulate);
+
+template <typename T, int64_t ROWS, int64_t COLS>
 void product_tile(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t lda, int64_t a_step,
                   const T* __restrict b, int64_t ldb, int64_t K, int64_t cols, const T* __restrict bias, bool accumulate) {
   // a[i * lda + k * a_step]: a's rows (a_step 1), or its columns (lda 1: out = a^T b, see
   // transposed_tile_products); either way one broadcast per row and k
-  if (cols == COLS) {  // the common case: whole vectors, in registers
-    // b's row is loaded into registers once per k and used by every row of the tile (written
-    // as plain arrays, GCC reloaded it from memory for each row: a load per multiply-add)
-    using Vec = typename Vector<T>::type;
-    using VecUnaligned = typename Vector<T>::unaligned;
-    constexpr int64_t kLanes = kVectorBytes / sizeof(T), kVecs = COLS / kLanes;
-    static_assert(COLS % kLanes == 0, "a tile's row is whole vectors");
-    Vec acc[ROWS][kVecs] = {};
-    for (int64_t k = 0; k < K; ++k) {
-      Vec bk[kVecs];
-      for (int64_t v = 0; v < kVecs; ++v) {
-        bk[v] = *reinterpret_cast<const VecUnaligned*>(b + k * ldb + v * kLanes);
-#ifdef RNNKIT_X86
-        // pinned to a register: else GCC folds the load into each multiply-add as a memory
-        // operand (tiles of 4 rows: 20 loads for 16 multiply-adds, and the loads were the limit)
-        asm("" : "+v"(bk[v]));
-#endif
-      }
-      for (int64_t i = 0; i < ROWS; ++i) {
-        const T av = a[i * lda + k * a_step];
-        for (int64_t v = 0; v < kVecs; ++v) acc[i][v] += bk[v] * av;
-      }
-    }
-    for (int64_t i = 0; i < ROWS; ++i) {
-      for (int64_t v = 0; v < kVecs; ++v) {
-        Vec r = acc[i][v];
-        VecUnaligned* o = reinterpret_cast<VecUnaligned*>(out + i * ldo + v * kLanes);
-        if (bias) r += *reinterpret_cast<const VecUnaligned*>(bias + v * kLanes);
-        if (accumulate) r += *o;
-        *o = r;
-      }
-    }
+  using Vec = typename Vector<T>::type;
+  using VecUnaligned = typename Vector<T>::unaligned;
+  constexpr int64_t kLanes = kVectorBytes / sizeof(T), kVecs = COLS / kLanes;
+  static_assert(COLS % kLanes == 0, "a tile's row is whole vectors");
+  if (cols != COLS) {
+    product_tile_last_columns<T, ROWS, COLS>(out, ldo, a, lda, a_step, b, ldb, K, cols, bias, accumulate);
     return;
   }
-  T acc[ROWS][COLS] = {};  // the last columns
+  // b's row is loaded into registers once per k and used by every row of the tile (written as
+  // plain arrays, GCC reloaded it from memory for each row: a load per multiply-add)
+  Vec acc[ROWS][kVecs] = {};
   for (int64_t k = 0; k < K; ++k) {
-    const T* br = b + k * ldb;
+    Vec bk[kVecs];
+    for (int64_t v = 0; v < kVecs; ++v) {
+      bk[v] = *reinterpret_cast<const VecUnaligned*>(b + k * ldb + v * kLanes);
+#ifdef RNNKIT_X86
+      // pinned to a register: else GCC folds the load into each multiply-add as a memory
+      // operand (tiles of 4 rows: 20 loads for 16 multiply-adds, and the loads were the limit)
+      asm("" : "+v"(bk[v]));
+#endif
+    }
     for (int64_t i = 0; i < ROWS; ++i) {
       const T av = a[i * lda + k * a_step];
-      for (int64_t j = 0; j < cols; ++j) acc[i][j] += av * br[j];
+      for (int64_t v = 0; v < kVecs; ++v) acc[i][v] += bk[v] * av;
     }
   }
+  for (int64_t i = 0; i < ROWS; ++i) {
+    for (int64_t v = 0; v < kVecs; ++v) {
+      Vec r = acc[i][v];
+      VecUnaligned* o = reinterpret_cast<VecUnaligned*>(out + i * ldo + v * kLanes);
+      if (bias) r += *reinterpret_cast<const VecUnaligned*>(bias + v * kLanes);
+      if (accumulate) r += *o;
+      *o = r;
+    }
+  }
+}
+
+// A tile's last columns, cols < COLS (an input gradient dx of 8 features, N = I): up to half the
+// width, a tile of half as many vectors; else b's rows copied kPanelRows at a time into a panel
+// padded with zeros to whole vectors, the whole-vector tile run on it into a scratch tile, and its
+// first cols columns written out. (A loop over cols with its sums in memory, a store and a load
+// at every multiply-add, had taken 10% of the CPU samples of a small-ts training step on AVX2,
+// where dx has 8 columns and a tile 16: the step is 3% faster without it, kernel_ab.py.)
+template <typename T, int64_t ROWS, int64_t COLS>
+void product_tile_last_columns(T* __restrict out, int64_t ldo, const T* __restrict a, int64_t lda, int64_t a_step,
+                               const T* __restrict b, int64_t ldb, int64_t K, int64_t cols, const T* __restrict bias,
+                               bool accumulate) {
+  constexpr int64_t kLanes = kVectorBytes / sizeof(T), kPanelRows = 64;
+  if constexpr (COLS > kLanes) {
+    if (cols <= COLS / 2) {
+      product_tile<T, ROWS, COLS / 2>(out, ldo, a, lda, a_step, b, ldb, K, cols, bias, accumulate);
+      return;
+    }
+  }
+  alignas(64) T panel[kPanelRows * COLS] = {};  // columns from cols on stay zero
+  alignas(64) T tile[ROWS * COLS];
+  for (int64_t k0 = 0; k0 < K; k0 += kPanelRows) {
+    const int64_t rows = std::min(kPanelRows, K - k0);
+    for (int64_t k = 0; k < rows; ++k) std::copy(b + (k0 + k) * ldb, b + (k0 + k) * ldb + cols, panel + k * COLS);
+    product_tile<T, ROWS, COLS>(tile, COLS, a + k0 * a_step, lda, a_step, panel, COLS, rows, COLS, nullptr, k0 > 0);
+  }
+  if (K == 0) std::fill(tile, tile + ROWS * COLS, T(0));
   for (int64_t i = 0; i < ROWS; ++i)
     for (int64_t j = 0; j < cols; ++j)
-      out[i * ldo + j] = (bias ? acc[i][j] + bias[j] : acc[i][j]) + (accumulate ? out[i * ldo + j] : T(0));
+      out[i * ldo + j] = (bias ? tile[i * COLS + j] + bias[j] : tile[i * COLS + j]) + (accumulate ? out[i * ldo + j] : T(0));
 }
 
 // A task: rows [m0, m1) by the columns [n0, n0 + width) (width <= 2 * kCols). Tiles of
@@ -623,7 +648,13 @@ at::Tensor transposed(const at::Tensor& m) {
 // step's peak memory stays below nn.LSTM's), a d shared by several products once a chunk; the
 // chunks' products are summed. bf16 mode takes MKL's transposed GEMM, which rounds the operands
 // (s is bf16 there), and so does any other product.
+// On the AVX2 host none of this held: MKL's transposed GEMM (mm on d^T, no copies) ran at 40-76
+// G multiply-adds a second where the tiles ran at 26-45 and the transposed copies plus oneDNN at
+// 38-46 (long-seq dW_hh 64 against 36, charLM's 76 against 38, big's 73 against 46; small-ts
+// dW_hh 40 against 32). There every weight gradient takes MKL, but for those narrower than a
+// tile (small-ts dW_ih, N=8: tiles 32, MKL 5).
 constexpr int64_t kTileWeightMaxMacs = int64_t(1) << 30;
+constexpr bool kWeightGradientsOnMkl = !kAvx512;
 
 struct WeightGradient {
   at::Tensor out, d, s;
@@ -639,10 +670,15 @@ void weight_gradients(const std::vector<WeightGradient>& jobs, std::vector<Colum
   int64_t widest = 1;
   for (const auto& job : jobs) {
     const bool one_dtype = job.d.scalar_type() == job.out.scalar_type() && job.s.scalar_type() == job.out.scalar_type();
-    if (!bf16 && one_dtype && job.d.size(0) * job.d.size(1) * job.s.size(1) < kTileWeightMaxMacs) {
+    const int64_t macs = job.d.size(0) * job.d.size(1) * job.s.size(1);
+    if (kWeightGradientsOnMkl && !bf16 && one_dtype) {
+      at::Tensor out = job.out;
+      if (job.s.size(1) < kTileBytes / int64_t(out.element_size())) tiled.push_back(&job);
+      else at::mm_out(out, job.d.t(), job.s);
+    } else if (!bf16 && one_dtype && macs < kTileWeightMaxMacs) {
       tiled.push_back(&job);
     } else if (!bf16 && job.d.scalar_type() == at::kFloat && job.s.scalar_type() == at::kFloat && onednn_linear() != nullptr &&
-        job.d.size(0) * job.d.size(1) * job.s.size(1) >= kOneDnnMinMacs) {
+        macs >= kOneDnnMinMacs) {
       large.push_back(&job);
       widest = std::max({widest, job.d.size(1), job.s.size(1)});
     } else {
