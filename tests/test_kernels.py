@@ -150,18 +150,19 @@ def native_against_reference(recurrence, batch, steps, dtype, w_hh_scale=0.5, in
     return results[1], results[0]
 
 
+@pytest.mark.parametrize("batch", [23, 25])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("name", RECURRENCES)
-def test_native_equals_reference_through_every_tile_of_the_small_product(name, dtype):
+def test_native_equals_reference_through_every_tile_of_the_small_product(name, dtype, batch):
     """Small per-step products and the input projection run on the kernel's register tiles
-    (``tile_product``), whose shapes follow the vector width. In one thread 23 sequences take
-    every kind of tile: with AVX-512 two of 8 rows, one of 4 and single rows; with AVX2 three of
-    6 rows, one of 4 and a single row. H=40 gives full column tiles and a remainder in both
-    float32 (AVX-512: 32 columns a tile, 64 for leftover rows; AVX2: 16 for both) and float64
-    (half those)."""
+    (``tile_product``), whose shapes follow the vector width. In one thread, tiles of 8 rows
+    (AVX-512) or 6 (AVX2), then of 4, then a pair of rows, then a single row: 23 sequences take
+    every kind with AVX-512 (8, 8, 4, 2, 1), 25 with AVX2 (6, 6, 6, 4, 2, 1). H=40 gives full
+    column tiles and a remainder in both float32 (AVX-512: 32 columns a tile, 64 for leftover
+    rows; AVX2: 16 for both) and float64 (half those)."""
     recurrence = make_recurrence(name, 40)
     with intra_op_threads(1):
-        ours, oracle = native_against_reference(recurrence, batch=23, steps=5, dtype=dtype, w_hh_scale=0.15)
+        ours, oracle = native_against_reference(recurrence, batch=batch, steps=5, dtype=dtype, w_hh_scale=0.15)
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
     for k, (a, b) in enumerate(zip(ours, oracle)):
         torch.testing.assert_close(a, b, **tol, msg=f"result {k}")

@@ -377,8 +377,8 @@ void product_tile_last_columns(T* __restrict out, int64_t ldo, const T* __restri
 // A task: rows [m0, m1) by the columns [n0, n0 + width) (width <= 2 * kCols). Tiles of
 // kTileRows rows by kCols columns; then leftover rows, kLeftoverRows at a time, in tiles of
 // kLeftoverVectors vectors (a thread's share of a small batch: 4 rows of 8 on long-seq), so a
-// tile keeps enough accumulators to hide the multiply-add latency; then single rows, the full
-// width at once. k runs in chunks of kChunk, each chunk over all the task's tiles, so that a long sum (a weight gradient's over T*B rows) reads its chunk of a and b
+// tile keeps enough accumulators to hide the multiply-add latency; then a pair of rows and a
+// single row, the full width at once (32 rows a thread: five tiles of 6 rows and a pair on AVX2). k runs in chunks of kChunk, each chunk over all the task's tiles, so that a long sum (a weight gradient's over T*B rows) reads its chunk of a and b
 // from L2 rather than memory; the later chunks add to out (the bias comes with the first).
 template <typename T>
 void product_task(T* out, int64_t ldo, const T* a, int64_t lda, int64_t a_step, const T* b, int64_t ldb, int64_t K,
@@ -405,6 +405,11 @@ void product_task(T* out, int64_t ldo, const T* a, int64_t lda, int64_t a_step, 
                                                       std::min(kLeftoverCols, n0 + width - n),
                                                       bias_k ? bias_k + n : nullptr, more);
       }
+    }
+    if (m + 2 <= m1) {  // a pair of rows: 8 accumulators where two single rows had 4 each
+      product_tile<T, 2, 2 * kCols>(out + m * ldo + n0, ldo, ak + m * lda, lda, a_step, bk + n0, ldb, k_len, width, bias_n,
+                                    more);
+      m += 2;
     }
     for (; m < m1; ++m)
       product_tile<T, 1, 2 * kCols>(out + m * ldo + n0, ldo, ak + m * lda, lda, a_step, bk + n0, ldb, k_len, width, bias_n,
