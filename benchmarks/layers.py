@@ -6,7 +6,8 @@ configuration: a process's peak resident memory only grows).
 
 Timings are interleaved (rnnkit, torch, rnnkit, torch, ...) and the median of the repeats is
 reported; 2 threads. Writes JSON and prints a table of ratios (torch time / rnnkit time: > 1
-means rnnkit is faster).
+means rnnkit is faster), with each training step's share of the fp32 GEMM peak measured in the
+same run and the share the issue's target ratio would need (past 100%: out of reach here).
 
     python benchmarks/layers.py [--repeats 15] [--out benchmarks/results/layers.json]
 """
@@ -33,6 +34,12 @@ CONFIGS = {  # name: (B, T, I, H)
     "big": (64, 100, 128, 512),
     "small-ts": (32, 48, 8, 64),
     "long-seq": (8, 500, 32, 128),
+}
+# the issue's targets: torch time / rnnkit time for a training step
+TARGETS = {
+    "LSTM": {"charLM": 1.1, "big": 1.1, "small-ts": 1.5, "long-seq": 1.5},
+    "GRU": dict.fromkeys(CONFIGS, 2.0),
+    "RNN": dict.fromkeys(CONFIGS, 1.5),
 }
 CELLS = {
     # name: (rnnkit layer, torch layer); GRU like for like: reset_after=True is torch's form
@@ -229,9 +236,16 @@ def main() -> None:
             gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[cell]
             flops = 3 * 2 * steps * batch * gates * hidden * (inputs + hidden)  # forward + 2x backward GEMMs
             result["rnnkit_gflops"] = flops / (result["rnnkit_ms"] / 1e3) / 1e9
+            # the share of the fp32 GEMM peak the step runs at, and the share its target would need:
+            # past 100% the target is out of reach at this host's GEMM speed
+            result["peak_share"] = result["rnnkit_gflops"] / results["gemm_peak_gflops"]
+            target_ms = result["torch_ms"] / TARGETS[cell][config]
+            result["target_peak_share"] = flops / (target_ms / 1e3) / 1e9 / results["gemm_peak_gflops"]
             results["train"][f"{cell}/{config}"] = result
             print(f"{cell:4s} {config:9s} rnnkit {result['rnnkit_ms']:8.2f} ms  torch {result['torch_ms']:8.2f} ms  "
-                  f"speedup {result['speedup']:5.2f}x  ({result['rnnkit_gflops']:.0f} GFLOP/s)", flush=True)  # fmt: skip
+                  f"speedup {result['speedup']:5.2f}x  ({result['rnnkit_gflops']:.0f} GFLOP/s, "
+                  f"{100 * result['peak_share']:.0f}% of peak; {TARGETS[cell][config]}x needs "
+                  f"{100 * result['target_peak_share']:.0f}%)", flush=True)  # fmt: skip
     if not bf16:
         print("bf16 mode not timed: this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
     else:
