@@ -362,13 +362,12 @@ void product_tile_last_columns(T* __restrict out, int64_t ldo, const T* __restri
     }
   }
   alignas(64) T panel[kPanelRows * COLS] = {};  // columns from cols on stay zero
-  alignas(64) T tile[ROWS * COLS];
+  alignas(64) T tile[ROWS * COLS] = {};  // stays zero if K is
   for (int64_t k0 = 0; k0 < K; k0 += kPanelRows) {
     const int64_t rows = std::min(kPanelRows, K - k0);
     for (int64_t k = 0; k < rows; ++k) std::copy(b + (k0 + k) * ldb, b + (k0 + k) * ldb + cols, panel + k * COLS);
     product_tile<T, ROWS, COLS>(tile, COLS, a + k0 * a_step, lda, a_step, panel, COLS, rows, COLS, nullptr, k0 > 0);
   }
-  if (K == 0) std::fill(tile, tile + ROWS * COLS, T(0));
   for (int64_t i = 0; i < ROWS; ++i)
     for (int64_t j = 0; j < cols; ++j)
       out[i * ldo + j] = (bias ? tile[i * COLS + j] + bias[j] : tile[i * COLS + j]) + (accumulate ? out[i * ldo + j] : T(0));
@@ -378,8 +377,10 @@ void product_tile_last_columns(T* __restrict out, int64_t ldo, const T* __restri
 // kTileRows rows by kCols columns; then leftover rows, kLeftoverRows at a time, in tiles of
 // kLeftoverVectors vectors (a thread's share of a small batch: 4 rows of 8 on long-seq), so a
 // tile keeps enough accumulators to hide the multiply-add latency; then a pair of rows and a
-// single row, the full width at once (32 rows a thread: five tiles of 6 rows and a pair on AVX2). k runs in chunks of kChunk, each chunk over all the task's tiles, so that a long sum (a weight gradient's over T*B rows) reads its chunk of a and b
-// from L2 rather than memory; the later chunks add to out (the bias comes with the first).
+// single row, the full width at once (32 rows a thread: five tiles of 6 rows and a pair on
+// AVX2). k runs in chunks of kChunk, each chunk over all the task's tiles, so that a long sum (a
+// weight gradient's over T*B rows) reads its chunk of a and b from L2 rather than memory; the
+// later chunks add to out (the bias comes with the first).
 template <typename T>
 void product_task(T* out, int64_t ldo, const T* a, int64_t lda, int64_t a_step, const T* b, int64_t ldb, int64_t K,
                   int64_t m0, int64_t m1, int64_t n0, int64_t width, const T* bias, bool accumulate = false) {
@@ -653,11 +654,11 @@ at::Tensor transposed(const at::Tensor& m) {
 // step's peak memory stays below nn.LSTM's), a d shared by several products once a chunk; the
 // chunks' products are summed. bf16 mode takes MKL's transposed GEMM, which rounds the operands
 // (s is bf16 there), and so does any other product.
-// On the AVX2 host none of this held: MKL's transposed GEMM (mm on d^T, no copies) ran at 40-76
-// G multiply-adds a second where the tiles ran at 26-45 and the transposed copies plus oneDNN at
-// 38-46 (long-seq dW_hh 64 against 36, charLM's 76 against 38, big's 73 against 46; small-ts
-// dW_hh 40 against 32). There every weight gradient takes MKL, but for those narrower than a
-// tile (small-ts dW_ih, N=8: tiles 32, MKL 5).
+// On the AVX2 host none of this held (weight_gradients alone, 2 threads, float32): MKL's
+// transposed GEMM (mm on d^T, no copies) ran at 40-76 G multiply-adds a second where the tiles
+// ran at 26-45 and the transposed copies plus oneDNN at 38-46 (long-seq dW_hh 64 against 36,
+// charLM's 76 against 38, big's 73 against 46; small-ts dW_hh 40 against 32). There every weight
+// gradient takes MKL, but for those narrower than a tile (small-ts dW_ih, N=8: tiles 32, MKL 5).
 constexpr int64_t kTileWeightMaxMacs = int64_t(1) << 30;
 constexpr bool kWeightGradientsOnMkl = !kAvx512;
 
