@@ -172,12 +172,13 @@ def test_native_equals_reference_through_every_tile_of_the_small_product(name, d
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("name", ["lstm", "gru-reset-before", "rnn-tanh"])
 def test_native_equals_reference_where_a_tile_has_columns_left_over(name, dtype, inputs):
-    """The input gradient dx = dG W_ih has I columns: fewer than a tile's, or a tile's and a
-    remainder. Up to half a tile's width a narrower tile runs (I=5, 12 in float32 on AVX2: a tile
-    of one vector); else b's rows are copied into a panel padded with zeros to whole vectors
+    """The input gradient dx = dG W_ih has I columns: fewer than a tile's, or whole tiles and a
+    remainder. A remainder up to half a tile's width runs on a tile of half as many vectors, and
+    one that is not whole vectors on the tile applied to a copy of b's rows padded with zeros
     (``product_tile_last_columns``). 5, 12, 20 and 36 inputs take each of these on both vector
-    widths and dtypes, through tiles of 6 or 8 rows, 4 rows and single rows (23 sequences, one
-    thread). fp64 to 1e-10."""
+    widths and dtypes (AVX2, float32, 16 columns a tile: 5 on a padded one-vector tile, 12 on a
+    padded two-vector tile, 20 and 36 with 4 columns left over); 23 sequences, one thread.
+    fp64 to 1e-10."""
     with intra_op_threads(1):
         ours, oracle = native_against_reference(
             make_recurrence(name, 24), batch=23, steps=4, dtype=dtype, w_hh_scale=0.2, inputs=inputs
