@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from rnnkit.apps.charlm import CharLMTask, load_text
 from rnnkit.apps.charlm.model import CharLM, CharLMConfig, evaluate_stream
@@ -27,12 +26,18 @@ from rnnkit.data.text import CharVocab
 from rnnkit.train import StreamBatches, TrainConfig, Trainer
 
 
-def train(backend: str, args: argparse.Namespace, train_text: str, valid_text: str) -> dict:
+def build(backend: str, vocab: CharVocab, args: argparse.Namespace) -> CharLM:
+    """The char-LM with the recurrent layer of ``backend``; the same seed gives both the same weights."""
     torch.manual_seed(args.seed)
-    vocab = CharVocab.from_text(train_text)
     model = CharLM(CharLMConfig(len(vocab), "lstm", 64, args.hidden, 2, 0.0))
     if backend == "torch.nn.LSTM":
         model.rnn = model.rnn.to_torch()  # identical weights, torch's fused (oneDNN) LSTM
+    return model
+
+
+def train(backend: str, args: argparse.Namespace, train_text: str, valid_text: str) -> dict:
+    vocab = CharVocab.from_text(train_text)
+    model = build(backend, vocab, args)
     task = CharLMTask(model, vocab, vocab.encode(valid_text[: args.eval_chars]), None)
     out = Path(args.out) / backend
     shutil.rmtree(out, ignore_errors=True)
@@ -58,14 +63,10 @@ def interleaved_throughput(args: argparse.Namespace, train_text: str, steps: int
     state); tokens/s from the medians. The trainings above run one after the other, so a drift
     of the host's speed between them moves their ratio; this does not. It runs after them, so
     under the allocator setting the trainer made (``keep_freed_memory``), as they did."""
-    torch.manual_seed(args.seed)
     vocab = CharVocab.from_text(train_text)
     ids = vocab.encode(train_text)
-    ours = CharLM(CharLMConfig(len(vocab), "lstm", 64, args.hidden, 2, 0.0))
-    theirs = CharLM(ours.config)
-    theirs.load_state_dict(ours.state_dict())
-    theirs.rnn = theirs.rnn.to_torch()
-    models = {"rnnkit.LSTM": ours, "torch.nn.LSTM": theirs}
+    models = {backend: build(backend, vocab, args) for backend in ("rnnkit.LSTM", "torch.nn.LSTM")}
+    task = CharLMTask(models["rnnkit.LSTM"], vocab, ids[:0], None)  # for its loss only
     optimizers = {name: torch.optim.Adam(model.parameters(), lr=2e-3) for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     batch, length, warmup = 64, 100, 3
@@ -74,8 +75,7 @@ def interleaved_throughput(args: argparse.Namespace, train_text: str, steps: int
         for name in list(models)[:: 1 if i % 2 == 0 else -1]:
             model, optimizer = models[name], optimizers[name]
             start = time.perf_counter()
-            logits, _ = model(window[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1), window[:, 1:].flatten())
+            loss, _ = task.loss(model, (window[:, :-1], window[:, 1:]), None)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -104,10 +104,10 @@ def main() -> None:
     ratio = results["rnnkit.LSTM"]["tokens_per_s"] / results["torch.nn.LSTM"]["tokens_per_s"]
     results["throughput_ratio"] = ratio
     print(f"throughput: rnnkit / torch.nn = {ratio:.2f}x")
-    results["interleaved"] = steps = interleaved_throughput(args, train_text)
+    results["interleaved"] = in_turn = interleaved_throughput(args, train_text)
     print(
-        f"training steps in turn: rnnkit {steps['rnnkit.LSTM tokens_per_s']:,.0f} tokens/s, "
-        f"torch.nn {steps['torch.nn.LSTM tokens_per_s']:,.0f} tokens/s, ratio {steps['ratio']:.2f}x",
+        f"training steps in turn: rnnkit {in_turn['rnnkit.LSTM tokens_per_s']:,.0f} tokens/s, "
+        f"torch.nn {in_turn['torch.nn.LSTM tokens_per_s']:,.0f} tokens/s, ratio {in_turn['ratio']:.2f}x",
         flush=True,
     )
 
