@@ -1,9 +1,10 @@
 """Two builds of the native kernel against each other and nn.LSTM, in one process.
 
-    python benchmarks/kernel_ab.py long-seq old.cpp new.cpp --repeats 120
+    python benchmarks/kernel_ab.py long-seq old.cpp new.cpp --repeats 120 [--cell GRU]
 
-Builds both sources as separate extensions, then times an LSTM training step (forward +
-backward) with each, interleaved with nn.LSTM's step and alternating their order, and prints
+Builds both sources as separate extensions, then times a training step (forward + backward) of
+an LSTM (or --cell GRU, reset after, or RNN) with each, interleaved with torch.nn's step and
+alternating their order, and prints
 the medians. The host's phases move all three together, which separate runs cannot separate
 from a change in the kernel. Prints only; tests never assert on time.
 """
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from layers import CONFIGS  # benchmarks/layers.py, beside this script
+from layers import CELLS, CONFIGS  # benchmarks/layers.py, beside this script
 from torch.utils.cpp_extension import load
 
 import rnnkit
@@ -35,14 +36,15 @@ def main() -> None:
     parser.add_argument("a", type=Path, help="kernel source A (e.g. a copy of csrc/recurrence.cpp at one commit)")
     parser.add_argument("b", type=Path, help="kernel source B")
     parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--cell", choices=CELLS, default="LSTM")
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     builds = {"A": build(args.a), "B": build(args.b)}
     batch, steps, inputs, hidden = CONFIGS[args.config]
     x = torch.randn(steps, batch, inputs)
-    theirs = torch.nn.LSTM(inputs, hidden)
-    ours = rnnkit.LSTM.from_torch(theirs)
+    theirs = CELLS[args.cell][1](inputs, hidden)
+    ours = getattr(rnnkit, args.cell).from_torch(theirs)  # a GRU in torch's form: reset after
 
     def step(layer: torch.nn.Module) -> float:
         start = time.perf_counter()
