@@ -4,9 +4,9 @@
 // The input projection gx = W_ih x + b_ih of all time steps is one product at the start of the
 // forward (in bf16 mode the caller makes gx with autocast's GEMM instead). Per time step:
 //   forward : one recurrent GEMM (two for the textbook GRU) + one fused pass over the gates
-//   backward: one fused pass over the gate gradients + one GEMM (two for the textbook GRU)
-// and after the backward loop dW_hh, dW_ih (large GEMMs over all steps), dx = dG W_ih, and the
-// biases' gradients as reductions.
+//   backward: one fused pass over the gate gradients + one GEMM (two for the textbook GRU), the
+//             gate gradients also added to each sequence's sums for the biases' gradients
+// and after the backward loop dW_hh, dW_ih (large GEMMs over all steps) and dx = dG W_ih.
 // bf16 mode (`bf16`, float32 only; torch.autocast("cpu", dtype=torch.bfloat16) turns it on): every
 // GEMM of the recurrence takes bf16 operands (W_hh rounded once per call, the state and the gate
 // gradients per step), accumulates in fp32 inside oneDNN, and its result is rounded to bf16 then
