@@ -236,6 +236,10 @@ void rows_of(const at::Tensor& view, const Fn& fn) {  // fn(row) for every row, 
 // (benchmarks/kernel_ab.py); big's (67M) was slower on them (519 against 483 ms).
 constexpr int64_t kOneDnnMinMacs = int64_t(1) << (kAvx512 ? 21 : 25);
 
+// Whether products of B rows by a (K, N) matrix, all of one dtype, run on the kernel's register
+// tiles (below oneDNN's threshold) rather than oneDNN or MKL; never in bf16 mode.
+inline bool on_tiles(int64_t B, int64_t K, int64_t N, bool bf16) { return !bf16 && B * K * N < kOneDnnMinMacs; }
+
 const c10::OperatorHandle* onednn_linear() {
   static const std::optional<c10::OperatorHandle> op =
       c10::Dispatcher::singleton().findOp({"mkldnn::_linear_pointwise", ""});
@@ -581,7 +585,7 @@ inline void transposed_tile_products(const std::vector<at::Tensor>& outs, const 
 // out = a b by tile_product for a small product; false if it does not apply (a large product,
 // or rows not contiguous).
 inline bool small_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (a.size(0) * a.size(1) * b.size(1) >= kOneDnnMinMacs || out.scalar_type() != b.scalar_type() ||
+  if (!on_tiles(a.size(0), a.size(1), b.size(1), false) || out.scalar_type() != b.scalar_type() ||
       a.scalar_type() != b.scalar_type() || a.stride(1) != 1 || b.stride(1) != 1 || out.stride(1) != 1) {
     return false;
   }
@@ -821,7 +825,7 @@ inline bool is_valid(const uint8_t* valid, int64_t t, int64_t B, int64_t b) { re
 // wait between each step's product and gate pass). Else every step's product and gate pass are
 // threaded on their own.
 inline bool split_rows(int64_t B, int64_t K, int64_t N, bool bf16) {
-  return !bf16 && B >= 2 && at::get_num_threads() > 1 && B * K * N < kOneDnnMinMacs;
+  return on_tiles(B, K, N, bf16) && B >= 2 && at::get_num_threads() > 1;
 }
 
 // fn(b0, b1) once for all rows, or for a share of rows on each thread (split_rows), at least 4
@@ -850,8 +854,7 @@ void each_row(int64_t b0, int64_t b1, bool split, int64_t work_per_row, const Fn
 
 // A weight b (K, N) that every time step multiplies (W_hh^T forward, W_hh backward, or a GRU's
 // blocks of them), made once per call: its panels (pack_panels) where the kernel's tiles take the
-// products (one dtype, B K N below kOneDnnMinMacs), else the matrix for `product` (oneDNN, MKL, or
-// bf16 mode's operand).
+// products (on_tiles), else the matrix for `product` (oneDNN, MKL, or bf16 mode's operand).
 struct StepWeight {
   at::Tensor matrix, panels;
   int64_t K, N;
@@ -859,7 +862,7 @@ struct StepWeight {
 
 inline StepWeight step_weight(const at::Tensor& b, int64_t B, bool bf16) {
   const int64_t K = b.size(0), N = b.size(1);
-  if (!bf16 && B * K * N < kOneDnnMinMacs) return {at::Tensor(), pack_panels(b), K, N};
+  if (on_tiles(B, K, N, bf16)) return {at::Tensor(), pack_panels(b), K, N};
   return {operand(b, bf16), at::Tensor(), K, N};
 }
 
@@ -905,8 +908,7 @@ std::vector<at::Tensor> forward_impl(int64_t kind, const at::Tensor& x, const at
   // W_hh^T (H, G*H) made contiguous once per sequence for `product` (the per-step GEMM on a
   // transposed view ran up to 1.8x slower for small batches: B=8, H=128), or packed into the
   // tiles' panels (step_weight) straight from the transposed view
-  const bool tiles = !bf16 && B * H * GH < kOneDnnMinMacs;
-  const at::Tensor w_hh_t = tiles ? w_hh.t() : w_hh.t().contiguous();
+  const at::Tensor w_hh_t = on_tiles(B, H, GH, bf16) ? w_hh.t() : w_hh.t().contiguous();
   const StepWeight w_t = kind == GRU_BEFORE ? StepWeight{} : step_weight(w_hh_t, B, bf16);
   const StepWeight w_rz_t = kind == GRU_BEFORE ? step_weight(w_hh_t.narrow(1, 0, 2 * H), B, bf16) : StepWeight{};
   const StepWeight w_n_t = kind == GRU_BEFORE ? step_weight(w_hh_t.narrow(1, 2 * H, H), B, bf16) : StepWeight{};
