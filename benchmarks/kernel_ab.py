@@ -1,6 +1,7 @@
 """Two builds of the native kernel against each other and nn.LSTM, in one process.
 
     python benchmarks/kernel_ab.py long-seq old.cpp new.cpp --repeats 120 [--cell GRU]
+    python benchmarks/kernel_ab.py 4,30,128,2048 old.cpp new.cpp   # any (B, T, I, H)
 
 Builds both sources as separate extensions, then times a training step (forward + backward) of
 an LSTM (or --cell GRU, reset after, or RNN) with each, interleaved with torch.nn's step and
@@ -30,9 +31,19 @@ def build(source: Path):  # noqa: ANN201
     return load(name=f"rnnkit_ab_{key}", sources=[str(source)], extra_cflags=native.compile_flags(), verbose=False)
 
 
+def config_sizes(text: str) -> tuple[int, int, int, int]:
+    """A configuration's name (``layers.CONFIGS``) or its sizes written ``B,T,I,H``."""
+    if text in CONFIGS:
+        return CONFIGS[text]
+    parts = text.split(",")
+    if len(parts) != 4 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(CONFIGS)} or four positive integers B,T,I,H, got {text!r}")
+    return tuple(int(part) for part in parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", choices=CONFIGS)
+    parser.add_argument("config", type=config_sizes, help=f"{', '.join(CONFIGS)}, or B,T,I,H")
     parser.add_argument("a", type=Path, help="kernel source A (e.g. a copy of csrc/recurrence.cpp at one commit)")
     parser.add_argument("b", type=Path, help="kernel source B")
     parser.add_argument("--repeats", type=int, default=100)
@@ -41,7 +52,7 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     builds = {"A": build(args.a), "B": build(args.b)}
-    batch, steps, inputs, hidden = CONFIGS[args.config]
+    batch, steps, inputs, hidden = args.config
     x = torch.randn(steps, batch, inputs)
     theirs = CELLS[args.cell][1](inputs, hidden)
     ours = getattr(rnnkit, args.cell).from_torch(theirs)  # a GRU in torch's form: reset after

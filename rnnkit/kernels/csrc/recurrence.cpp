@@ -32,6 +32,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -233,8 +234,12 @@ void rows_of(const at::Tensor& view, const Fn& fn) {  // fn(row) for every row, 
 // without oneDNN), MKL does them all. On an AVX2 host a charLM step's product (16.8M
 // multiply-adds) ran faster on the kernel's own tiles, each thread on its own rows with no fork
 // and join per step (split_rows): a charLM LSTM training step 151 against 167 ms
-// (benchmarks/kernel_ab.py); big's (67M) was slower on them (519 against 483 ms).
-constexpr int64_t kOneDnnMinMacs = int64_t(1) << (kAvx512 ? 21 : 25);
+// (benchmarks/kernel_ab.py). Since the tiles read the weights packed into panels they win at
+// every size measured there, so AVX2 builds give oneDNN no product: training steps, oneDNN ->
+// tiles, big LSTM 422 -> 360 ms, big GRU 311 -> 244 ms, (B, T, I, H) = (128, 50, 128, 512) 449 ->
+// 392 ms, (64, 30, 128, 1024) 549 -> 464 ms, (4, 30, 128, 2048) 611 -> 425 ms, (8, 30, 128, 2048)
+// 704 -> 688 ms (2026-12-07).
+constexpr int64_t kOneDnnMinMacs = kAvx512 ? int64_t(1) << 21 : std::numeric_limits<int64_t>::max();
 
 // Whether products of B rows by a (K, N) matrix, all of one dtype, run on the kernel's register
 // tiles (below oneDNN's threshold) rather than oneDNN or MKL; never in bf16 mode.
