@@ -8,11 +8,15 @@
   for inference: with gradients off, a cell call or a one-step sequence of at most
   :data:`STEP_MAX_BATCH` sequences runs both products and the gate pass in one call (text
   generation, streaming forecasts);
+- ``"cudnn"``: torch's fused recurrent ops (:mod:`rnnkit.kernels.cudnn`), cuDNN on a CUDA
+  device, for the recurrences cuDNN computes (RNN, LSTM, GRU with ``reset_after=True``);
+  forced with ``use_backend("cudnn")`` it runs torch's own kernels on the CPU;
 - ``"reference"``: autograd over the cell equations (:mod:`rnnkit.kernels.reference`), the
-  oracle every backend is tested against, and the fallback everywhere else (CUDA included).
+  oracle every backend is tested against, and the fallback everywhere else (the textbook GRU
+  on CUDA, other devices and dtypes).
 
 The driver calls :func:`select` once per forward and a cell calls :func:`step`;
-:func:`last_backend` says which one ran. ``RNNKIT_BACKEND=reference|native`` or
+:func:`last_backend` says which one ran. ``RNNKIT_BACKEND=reference|native|cudnn`` or
 :func:`use_backend` forces a choice (``native`` covers the single-step path too).
 """
 
@@ -27,9 +31,9 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells.base import Recurrence, State, Weights
-from rnnkit.kernels import native, reference
+from rnnkit.kernels import cudnn, native, reference
 
-BACKENDS = ("auto", "native", "reference")
+BACKENDS = ("auto", "native", "cudnn", "reference")
 #: The single-step path serves up to this many sequences; larger batches amortise a GEMM's
 #: dispatch, and the native sequence kernel (or the reference) serves them better.
 STEP_MAX_BATCH = 8
@@ -48,7 +52,7 @@ def cpu_has_bf16() -> bool:
 
 @contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Force ``"native"`` or ``"reference"`` (or ``"auto"``) inside a ``with`` block."""
+    """Force ``"native"``, ``"cudnn"`` or ``"reference"`` (or ``"auto"``) inside a ``with`` block."""
     global _forced
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
@@ -65,7 +69,16 @@ def _use_native(recurrence: Recurrence, x: Tensor) -> bool:
     fits_native = x.is_cpu and x.dtype in _NATIVE_DTYPES and native.kind_of(recurrence) is not None
     if _forced == "native" and not (fits_native and native.available()):
         raise ValueError("the native backend was requested but cannot run here (CPU float32/float64 and a built kernel needed)")
-    return _forced != "reference" and fits_native and native.available()
+    return _forced in ("auto", "native") and fits_native and native.available()
+
+
+def _use_cudnn(recurrence: Recurrence, x: Tensor) -> bool:
+    """On CUDA (or when forced), for the recurrences torch's fused ops compute."""
+    if _forced == "cudnn" and not cudnn.covers(recurrence):
+        raise ValueError(
+            "the cudnn backend was requested, but cuDNN has no textbook GRU: use reset_after=True or another backend"
+        )
+    return _forced == "cudnn" or (_forced == "auto" and x.is_cuda and cudnn.covers(recurrence))
 
 
 def _single_step(x: Tensor) -> bool:
@@ -76,6 +89,9 @@ def _single_step(x: Tensor) -> bool:
 def select(recurrence: Recurrence, x: Tensor) -> tuple[str, Callable[..., Any]]:
     """Choose the backend for a sequence ``x (T, N, I)``: ``(name, run_direction)``."""
     global _last_backend
+    if _use_cudnn(recurrence, x):
+        _last_backend = "cudnn"
+        return _last_backend, cudnn.run_direction
     if not _use_native(recurrence, x):
         _last_backend = "reference"
         return _last_backend, reference.run_direction
@@ -118,8 +134,8 @@ def step(recurrence: Recurrence, weights: Weights, x: Tensor, state: State) -> t
 
 def last_backend() -> str:
     """The backend of the most recent sequence forward or cell step: ``"native"``,
-    ``"native-step"`` or ``"reference"`` (``"none"`` before any)."""
+    ``"native-step"``, ``"cudnn"`` or ``"reference"`` (``"none"`` before any)."""
     return _last_backend
 
 
-__all__ = ["STEP_MAX_BATCH", "fast_step", "last_backend", "native", "reference", "select", "step", "use_backend"]
+__all__ = ["STEP_MAX_BATCH", "cudnn", "fast_step", "last_backend", "native", "reference", "select", "step", "use_backend"]
