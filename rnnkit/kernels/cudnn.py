@@ -9,7 +9,8 @@ They compute rnnkit's equations for:
 - the GRU with ``reset_after=True`` (cuDNN's candidate ``tanh(W_in x + b_in + r * (W_hn h +
   b_hn))``), after one conversion: torch's update gate weighs the old state, rnnkit's the
   candidate, so the ``z`` rows of both weights and both biases are negated
-  (``1 - sigmoid(a) = sigmoid(-a)``), inside the graph, so gradients reach rnnkit's parameters.
+  (``1 - sigmoid(a) = sigmoid(-a)``: ``Recurrence.convert_torch_param``, the conversion of
+  ``from_torch``), inside the graph, so gradients reach rnnkit's parameters.
 
 The textbook GRU (``reset_after=False``, reset before the recurrent product) has no such op;
 :func:`covers` is false for it and the driver runs the reference. Lengths: a mask's sequences
@@ -40,21 +41,16 @@ def covers(recurrence: Recurrence) -> bool:
 
 
 def _op_and_params(recurrence: Recurrence, weights: Weights) -> tuple[object, list[Tensor]]:
-    """The ``torch._VF`` op and its parameter list ``[w_ih, w_hh, (b_ih, b_hh)]``."""
+    """The ``torch._VF`` op and its parameter list ``[w_ih, w_hh, (b_ih, b_hh)]`` in torch's form."""
     params = [weights.weight_ih, weights.weight_hh]
     if weights.bias_ih is not None:
         params += [weights.bias_ih, weights.bias_hh]
+    params = [recurrence.convert_torch_param(p) for p in params]  # differentiable; the GRU's z rows
     if isinstance(recurrence, LSTMRecurrence):
         return torch._VF.lstm, params
     if isinstance(recurrence, GRURecurrence):
-        return torch._VF.gru, [_negate_update_gate(p) for p in params]
+        return torch._VF.gru, params
     return (torch._VF.rnn_relu if recurrence.nonlinearity == "relu" else torch._VF.rnn_tanh), params
-
-
-def _negate_update_gate(param: Tensor) -> Tensor:
-    """Rows ``r, z, n`` -> ``r, -z, n`` (weights or biases), differentiably."""
-    r, z, n = param.chunk(3, dim=0)
-    return torch.cat([r, -z, n])
 
 
 def run_direction(
