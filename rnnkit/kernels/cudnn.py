@@ -22,6 +22,8 @@ last step.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,7 +42,7 @@ def covers(recurrence: Recurrence) -> bool:
     return isinstance(recurrence, (RNNRecurrence, LSTMRecurrence))
 
 
-def _op_and_params(recurrence: Recurrence, weights: Weights) -> tuple[object, list[Tensor]]:
+def _op_and_params(recurrence: Recurrence, weights: Weights) -> tuple[Callable[..., Any], list[Tensor]]:
     """The ``torch._VF`` op and its parameter list ``[w_ih, w_hh, (b_ih, b_hh)]`` in torch's form."""
     params = [weights.weight_ih, weights.weight_hh]
     if weights.bias_ih is not None:
@@ -80,7 +82,10 @@ def run_direction(
     return out, final[0][0]
 
 
-def _run_packed(op, x, hx, params, has_biases, train, lengths, reverse):  # noqa: ANN001, ANN202
+def _run_packed(
+    op: Callable[..., Any], x: Tensor, hx: Tensor | tuple[Tensor, Tensor], params: list[Tensor],
+    has_biases: bool, train: bool, lengths: Tensor, reverse: bool,
+) -> tuple[Tensor, list[Tensor]]:  # fmt: skip
     """Sequences of different lengths, packed; the reverse direction reverses each sequence
     within its own length, so that it starts at its last step."""
     if reverse:
