@@ -4,17 +4,16 @@
     python benchmarks/allocator.py release   # glibc's own default: large buffers mapped afresh
 
 The setting (``rnnkit.train.allocator.keep_freed_memory``) holds for the whole process, so each
-setting needs its own run. The two layers share weights (``from_torch``) and their steps are
-interleaved, alternating their order; prints the medians. Prints only; tests never assert on time.
+setting needs its own run. The two layers share weights (``from_torch``); their steps are timed
+in turn by ``layers.compare`` (medians). Prints only; tests never assert on time.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from layers import compare, train_step  # benchmarks/layers.py, beside this script
 
 import rnnkit
 from rnnkit.train.allocator import keep_freed_memory
@@ -37,21 +36,10 @@ def main() -> None:
     theirs = torch.nn.LSTM(args.inputs, args.hidden, num_layers=args.layers)
     ours = rnnkit.LSTM.from_torch(theirs)
     x = torch.randn(args.steps, args.batch, args.inputs)
-
-    def step(layer: torch.nn.Module) -> float:
-        start = time.perf_counter()
-        out, _ = layer(x)
-        out.sum().backward()
-        return time.perf_counter() - start
-
-    times: dict[str, list[float]] = {"torch": [], "rnnkit": []}
-    for i in range(args.repeats + 2):
-        for name in ("rnnkit", "torch") if i % 2 == 0 else ("torch", "rnnkit"):
-            elapsed = step(ours if name == "rnnkit" else theirs)
-            if i >= 2:  # the first two rounds warm up
-                times[name].append(elapsed)
-    torch_ms, ours_ms = (1e3 * statistics.median(times[name]) for name in ("torch", "rnnkit"))
-    print(f"{args.setting}: torch {torch_ms:.1f} ms, rnnkit {ours_ms:.1f} ms, ratio {torch_ms / ours_ms:.2f}x")
+    result = compare(ours, theirs, lambda layer: train_step(layer, x), args.repeats)
+    print(
+        f"{args.setting}: torch {result['torch_ms']:.1f} ms, rnnkit {result['rnnkit_ms']:.1f} ms, ratio {result['speedup']:.2f}x"
+    )
 
 
 if __name__ == "__main__":
