@@ -2,6 +2,7 @@
 
     python benchmarks/kernel_ab.py long-seq old.cpp new.cpp --repeats 120 [--cell GRU]
     python benchmarks/kernel_ab.py 4,30,128,2048 old.cpp new.cpp   # any (B, T, I, H)
+    python benchmarks/kernel_ab.py big old.cpp new.cpp --keep-freed-memory   # as the trainer runs
 
 Builds both sources as separate extensions, then times a training step (forward + backward) of
 an LSTM (or --cell GRU, reset after, or RNN) with each, interleaved with torch.nn's step and
@@ -24,6 +25,7 @@ from torch.utils.cpp_extension import load
 
 import rnnkit
 from rnnkit.kernels import native
+from rnnkit.train.allocator import keep_freed_memory
 
 
 def build(source: Path):  # noqa: ANN201
@@ -48,7 +50,12 @@ def main() -> None:
     parser.add_argument("b", type=Path, help="kernel source B")
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--cell", choices=CELLS, default="LSTM")
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true", help="the trainer's allocator setting (rnnkit.train.allocator)"
+    )
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     builds = {"A": build(args.a), "B": build(args.b)}

@@ -10,6 +10,11 @@ means rnnkit is faster), with each training step's share of the fp32 GEMM peak m
 same run and the share the issue's target ratio would need (past 100%: out of reach here).
 
     python benchmarks/layers.py [--repeats 15] [--out benchmarks/results/layers.json]
+
+By default the process runs under glibc's own allocator settings, as a script of torch.nn's
+would. ``--keep-freed-memory`` applies the trainer's setting (``rnnkit.train.allocator``): it ends
+the page faults of torch.nn's fresh buffers, so torch.nn's steps get faster and the ratios are
+those a training under ``rnnkit train`` sees.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch import nn
 
 import rnnkit
 from rnnkit.kernels import cpu_has_bf16
+from rnnkit.train.allocator import keep_freed_memory
 
 CONFIGS = {  # name: (B, T, I, H)
     "charLM": (64, 100, 64, 256),
@@ -213,14 +219,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default="benchmarks/results/layers.json")
+    parser.add_argument("--keep-freed-memory", action="store_true", help="the trainer's allocator setting")
     parser.add_argument("--memory-probe", nargs=2, metavar=("CONFIG", "LIBRARY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
         print(peak_memory_probe(*args.memory_probe))
         return
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     results = {"torch": torch.__version__, "machine": platform.processor() or platform.machine(), "threads": 2, "train": {}}
+    results["allocator"] = "keep_freed_memory" if args.keep_freed_memory else "glibc default"
     results["gemm_peak_gflops"] = gemm_peak()
     # without bf16 instructions a bf16 GEMM is emulated (a minute for this one on an AVX2 host,
     # and oneDNN has no kernel for it at all): neither it nor bf16 mode is timed there
