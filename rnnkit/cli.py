@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--out", default="runs/bench-memory")
 
     demo = commands.add_parser("demo", help="the main job: train a Shakespeare char-LM for a few minutes, then generate")
-    demo.add_argument("--steps", type=int, help="training steps (default: 1100, about 4 minutes on 2 cores)")
+    demo.add_argument("--steps", type=int, help="training steps (default: 3000, 3 to 4 minutes on 2 cores)")
     demo.add_argument("--out", help="run directory (default: runs/demo-<time>)")
     demo.add_argument("--seed", type=int, default=0)
     return parser

@@ -81,10 +81,10 @@ def test_bf16_is_on_by_default_for_the_char_lm_where_the_cpu_has_bf16_and_the_fl
 
 
 def test_the_demo_keeps_its_own_training_whatever_the_full_defaults():
-    """The README's demo numbers come from chunks of 100, no weight averaging, float32."""
+    """The README's demo numbers come from chunks of 25, no weight averaging, float32."""
     charlm = get_app("charlm")
     config = train_config(build_parser().parse_args(["train", "charlm", *charlm.DEMO_FLAGS]), charlm.TRAIN_DEFAULTS)
-    assert (config.bptt_steps, config.ema_decay, config.bf16, config.lr, config.batch_size) == (100, None, False, 4e-3, 64)
+    assert (config.bptt_steps, config.ema_decay, config.bf16, config.lr, config.batch_size) == (25, None, False, 4e-3, 64)
     full = train_config(build_parser().parse_args(["train", "charlm", "--no-bf16"]), charlm.TRAIN_DEFAULTS)
     assert (full.steps, full.bptt_steps, full.ema_decay) == (4000, 200, 0.999)
 
