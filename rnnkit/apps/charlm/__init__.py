@@ -114,12 +114,10 @@ def evaluate_model(loaded: LanguageModel, config: dict[str, Any], args: argparse
 #: step count (not a time budget) keeps it reproducible, and the cosine decay finishes it well;
 #: float32 on every CPU, so that it is the same run everywhere; no weight averaging. Chunks of 25
 #: characters (min-char-rnn's length): in a few minutes the number of updates matters more than
-#: how far back the gradient reaches. On 5.1 million characters, 3,200 steps of 64 x 25 ended at
-#: 1.481 nats/char on the held-out plays and 1,600 of 64 x 50 at 1.515; on 5.8 million, 1,800 of
-#: 64 x 50 at 1.503 and 900 of 64 x 100 at 1.562 (docs/charlm.md).
+#: how far back the gradient reaches (the sweep of chunk lengths: docs/charlm.md).
+DEMO_STEPS = 3000
 DEMO_FLAGS = [
     "--hidden", "256", "--layers", "2", "--dropout", "0", "--lr", "4e-3", "--schedule", "cosine",
-    "--warmup-steps", "150", "--eval-every", "1500", "--eval-chars", "50000", "--checkpoint-every", "3000", "--no-bf16",
-    "--bptt-steps", "25", "--ema-decay", "0",
+    "--warmup-steps", "150", "--eval-every", str(DEMO_STEPS // 2), "--eval-chars", "50000",
+    "--checkpoint-every", str(DEMO_STEPS), "--no-bf16", "--bptt-steps", "25", "--ema-decay", "0",
 ]  # fmt: skip
-DEMO_STEPS = 3000
