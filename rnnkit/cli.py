@@ -27,16 +27,25 @@ from rnnkit.train.checkpoint import atomic_write_text
 
 USER_ERRORS = (ValueError, TypeError, CheckpointError, TrainingDiverged, FileNotFoundError, PermissionError)
 ARGS_FILE = "args.json"
+FLOAT32 = "float32"  # the key of an app's defaults for runs without bf16 (precision_defaults)
 ENSEMBLE_HELP = "model directory; repeat --model to predict with an ensemble of sentiment models (their mean probabilities)"
 
 
 def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any], cells: tuple[str, ...]) -> None:
-    """The training options every application shares; ``defaults`` are the app's."""
-    base = TrainConfig(**{"steps": 1, **{k: v for k, v in defaults.items() if k not in ("steps", "minutes", "bf16")}})
+    """The training options every application shares; ``defaults`` are the app's.
+
+    ``defaults["float32"]``, if an app has it, replaces some defaults (``steps``, ``bptt_steps``)
+    for a run whose ``--bf16`` resolves to off: see :func:`precision_defaults`.
+    """
+    not_config = ("steps", "minutes", "bf16", FLOAT32)
+    base = TrainConfig(**{"steps": 1, **{k: v for k, v in defaults.items() if k not in not_config}})
+    float32 = defaults.get(FLOAT32, {})
     group = parser.add_argument_group("training (the same for every application)")
     budget = group.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="total optimizer steps (counted across --resume)")
     default_budget = f"{defaults['steps']} steps" if defaults.get("steps") else f"{defaults.get('minutes')} minutes"
+    if "steps" in float32:
+        default_budget += f"; {float32['steps']} steps in float32"
     budget.add_argument("--minutes", type=float, help=f"wall-time budget of this run (default budget: {default_budget})")
     group.add_argument("--out", default=None, help="run directory: checkpoints, metrics, plot, final model (default: runs/<app>)")
     group.add_argument("--seed", type=int, default=0, help="seeds weights, dropout and data order (default: 0)")
@@ -48,9 +57,13 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
     )
     clip.add_argument("--clip-value", type=float, help="clip each gradient element instead")
     clip.add_argument("--no-clip", action="store_true", help="no clipping (the pre-clip norm is still logged)")
-    group.add_argument(
-        "--bptt-steps", type=int, default=base.bptt_steps, help="truncated-BPTT chunk length (default: %(default)s)"
-    )
+    if "bptt_steps" in float32:  # None: the precision's default, chosen in train_config
+        bptt_help = f"truncated-BPTT chunk length (default: {base.bptt_steps}; {float32['bptt_steps']} in float32)"
+        group.add_argument("--bptt-steps", type=int, default=None, help=bptt_help)
+    else:
+        group.add_argument(
+            "--bptt-steps", type=int, default=base.bptt_steps, help="truncated-BPTT chunk length (default: %(default)s)"
+        )
     group.add_argument("--lr", type=float, default=base.lr, help="learning rate (default: %(default)s)")
     group.add_argument("--batch-size", type=int, default=base.batch_size, help="global batch size (default: %(default)s)")
     group.add_argument(
@@ -102,7 +115,17 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def precision_defaults(defaults: dict[str, Any], bf16: bool) -> dict[str, Any]:
+    """An app's defaults for a run in bf16 mode (``bf16``) or in float32: the float32 run takes
+    ``defaults["float32"]``'s values where it has them. The char-LM's full training uses this to
+    fit its hour on a CPU without bf16 instructions (shorter chunks and fewer characters)."""
+    return {**defaults, **({} if bf16 else defaults.get(FLOAT32, {}))}
+
+
 def train_config(args: argparse.Namespace, defaults: dict[str, Any]) -> TrainConfig:
+    bf16 = resolve_bf16(args.bf16)
+    defaults = precision_defaults(defaults, bf16)
+    bptt_steps = defaults.get("bptt_steps") if args.bptt_steps is None else args.bptt_steps
     steps, minutes = args.steps, args.minutes
     schedule = args.schedule or (defaults.get("schedule", "constant") if (steps or not minutes) else "constant")
     clip_norm = None if (args.no_clip or args.clip_value) else args.clip_norm
@@ -110,11 +133,11 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any]) -> TrainCon
         steps, minutes = defaults.get("steps"), defaults.get("minutes")
     return TrainConfig(
         steps=steps, minutes=minutes, out=args.out, seed=args.seed, resume=args.resume, batch_size=args.batch_size,
-        bptt_steps=args.bptt_steps, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        bptt_steps=bptt_steps, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         schedule=schedule, warmup_steps=args.warmup_steps, clip_norm=clip_norm,
         clip_value=args.clip_value, eval_every=args.eval_every, early_stop_patience=args.early_stop_patience,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
-        restore_best=args.restore_best, ema_decay=args.ema_decay or None, bf16=resolve_bf16(args.bf16),
+        restore_best=args.restore_best, ema_decay=args.ema_decay or None, bf16=bf16,
         keep_freed_memory=args.keep_freed_memory,
     )  # fmt: skip
 
@@ -231,6 +254,7 @@ def run_train(app_name: str, argv: list[str], parser: argparse.ArgumentParser, a
         args = parser.parse_args(argv)
         args.out = args.out or f"runs/{app_name}"
     config = train_config(args, app.TRAIN_DEFAULTS)
+    args.bf16, args.bptt_steps = config.bf16, config.bptt_steps  # saved as resolved: --resume trains the same run
     context = from_environment()
     torch.manual_seed(config.seed)
     random.seed(config.seed)

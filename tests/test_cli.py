@@ -85,8 +85,61 @@ def test_the_demo_keeps_its_own_training_whatever_the_full_defaults():
     charlm = get_app("charlm")
     config = train_config(build_parser().parse_args(["train", "charlm", *charlm.DEMO_FLAGS]), charlm.TRAIN_DEFAULTS)
     assert (config.bptt_steps, config.ema_decay, config.bf16, config.lr, config.batch_size) == (25, None, False, 4e-3, 64)
-    full = train_config(build_parser().parse_args(["train", "charlm", "--no-bf16"]), charlm.TRAIN_DEFAULTS)
+    full = train_config(build_parser().parse_args(["train", "charlm", "--bf16"]), charlm.TRAIN_DEFAULTS)
     assert (full.steps, full.bptt_steps, full.ema_decay) == (4000, 200, 0.999)
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_the_char_lm_default_fits_the_hour_in_float32_with_its_own_steps_and_chunks(monkeypatch, has_bf16):
+    """bf16 mode: 4,000 steps of 200 characters; float32 (no bf16 instructions, or --no-bf16):
+    6,000 steps of 50, what fits 60 minutes on an AVX2 CPU. Flags given override either."""
+    monkeypatch.setattr(rnnkit.cli, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(rnnkit.cli.torch.cuda, "is_available", lambda: False)
+    parser, defaults = build_parser(), get_app("charlm").TRAIN_DEFAULTS
+
+    def config(*argv: str):
+        return train_config(parser.parse_args(["train", "charlm", *argv]), defaults)
+
+    default = config()
+    assert (default.bf16, default.steps, default.bptt_steps) == ((True, 4000, 200) if has_bf16 else (False, 6000, 50))
+    assert (config("--no-bf16").steps, config("--no-bf16").bptt_steps) == (6000, 50)
+    assert (config("--bf16").steps, config("--bf16").bptt_steps) == (4000, 200)
+    given = config("--no-bf16", "--steps", "7", "--bptt-steps", "30")
+    assert (given.steps, given.bptt_steps, given.minutes) == (7, 30, None)
+    measured = config("--no-bf16", "--steps", "6000", "--bptt-steps", "50")  # the README's AVX2 hour, 2026-12-07
+    assert config("--no-bf16") == measured, "the float32 default trains as the run the README measured"
+    timed = config("--no-bf16", "--minutes", "5")
+    assert (timed.steps, timed.minutes, timed.bptt_steps) == (None, 5, 50)
+    sentiment = train_config(parser.parse_args(["train", "sentiment"]), get_app("sentiment").TRAIN_DEFAULTS)
+    assert sentiment.bptt_steps == get_app("sentiment").TRAIN_DEFAULTS.get("bptt_steps")
+
+
+def test_the_char_lm_dropout_follows_the_precision_unless_given(corpus):
+    """0.3 in bf16 mode (51 M characters), 0.2 in float32 (19.2 M): the README's two recipes."""
+    charlm, parser = get_app("charlm"), build_parser()
+
+    def dropout(*argv: str) -> float:
+        args = parser.parse_args(["train", "charlm", "--data", str(corpus), *argv])
+        task, _ = charlm.build(args, train_config(args, charlm.TRAIN_DEFAULTS), DistContext())
+        return task.model.config.dropout
+
+    assert (dropout("--bf16"), dropout("--no-bf16")) == (0.3, 0.2)
+    assert (dropout("--bf16", "--dropout", "0.1"), dropout("--no-bf16", "--dropout", "0.3")) == (0.1, 0.3)
+
+
+def test_a_run_saves_its_resolved_precision_and_chunks_so_resume_trains_the_same_run(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(rnnkit.cli, "cpu_has_bf16", lambda: False)
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if a not in ("--bptt-steps", "20")]
+    assert main(["train", "charlm", "--data", str(corpus), "--steps", "3", "--out", str(out), *tiny]) == 0
+    saved = json.loads((out / "args.json").read_text())
+    assert (saved["bf16"], saved["bptt_steps"]) == (False, 50), "float32: the float32 chunks, saved as numbers"
+    monkeypatch.setattr(rnnkit.cli, "cpu_has_bf16", lambda: True)  # the same run, resumed where bf16 is the default
+    captured = {}
+    monkeypatch.setattr(rnnkit.cli.Trainer, "fit", lambda trainer: captured.setdefault("config", trainer.config))
+    parser, argv = build_parser(), ["train", "charlm", "--out", str(out), "--resume"]
+    rnnkit.cli.run_train("charlm", argv, parser, parser.parse_args(argv))
+    assert (captured["config"].bf16, captured["config"].bptt_steps, captured["config"].steps) == (False, 50, 6000)
 
 
 def test_freed_memory_is_kept_by_default_and_the_flag_turns_it_off():

@@ -1,6 +1,7 @@
 """Applications. Each is a module with the same hooks, registered here by name:
 
-- ``NAME``, ``CELL_CHOICES``, ``TRAIN_DEFAULTS`` (its defaults for the shared training flags);
+- ``NAME``, ``CELL_CHOICES``, ``TRAIN_DEFAULTS`` (its defaults for the shared training flags;
+  an optional ``"float32"`` entry replaces some of them when bf16 mode is off);
 - ``add_arguments(parser)``: its own flags for ``rnnkit train <name>``;
 - ``build(args, config, context) -> (task, batches)``: what the Trainer trains;
 - ``load(config, weights)``: the trained object that ``rnnkit.load`` returns;

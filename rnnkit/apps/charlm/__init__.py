@@ -23,13 +23,20 @@ from rnnkit.train.distributed import DistContext
 NAME = "charlm"
 CELL_CHOICES = tuple(CELLS)
 #: This application's defaults for the shared training options (the CLI shows them).
-#: The full default run (README): 2x512, dropout 0.3, 4,000 steps of 64 x 200 characters in bf16
-#: mode, evaluated and saved as the moving average of its weights; about 46 minutes on 2 CPU cores
-#: with bf16 instructions; on a CPU without them it runs in float32, about 1.4x longer.
+#: The full default run (README): 2x512, cosine decay, evaluated and saved as the moving
+#: average of its weights. In bf16 mode (on by default where the CPU has bf16 instructions):
+#: 4,000 steps of 64 x 200 characters, dropout 0.3, about 46 minutes on 2 such cores. In
+#: float32 (a CPU without them, or --no-bf16) those steps take 65 (AVX-512) to 140 minutes
+#: (AVX2), so the float32 defaults train what fits the hour on an AVX2 CPU: 6,000 steps of
+#: 64 x 50 characters, about 45-55 minutes there, with dropout 0.2 (fewer characters,
+#: less regularisation).
 TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 4000, "batch_size": 64, "bptt_steps": 200, "lr": 2e-3, "clip_norm": 5.0, "ema_decay": 0.999,
     "schedule": "cosine", "warmup_steps": 100, "eval_every": 500, "checkpoint_every": 500, "bf16": "auto",
+    "float32": {"steps": 6000, "bptt_steps": 50},
 }  # fmt: skip
+#: Dropout between the layers and before the output layer, by the run's precision (see above).
+DROPOUT = {"bf16": 0.3, "float32": 0.2}
 
 
 class CharLMTask(Task):
@@ -58,8 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hidden", type=int, default=512, help="hidden size (default: %(default)s)")
     group.add_argument("--layers", type=int, default=2, help="recurrent layers (default: %(default)s)")
     group.add_argument(
-        "--dropout", type=float, default=0.3, help="dropout between layers and before the output (default: %(default)s)"
-    )
+        "--dropout", type=float, default=None,
+        help=f"dropout between layers and before the output (default: {DROPOUT['bf16']} in bf16 mode, "
+        f"{DROPOUT['float32']} in float32)",
+    )  # fmt: skip
     group.add_argument(
         "--weight-dropout", type=float, default=0.0,
         help="DropConnect on the recurrent weights W_hh, one mask per chunk (default: %(default)s)",
@@ -85,7 +94,8 @@ def build(args: argparse.Namespace, config: TrainConfig, context: DistContext) -
     train_text, valid_text = load_text(args.data)
     vocab = CharVocab.from_text(train_text)
     sizes = (args.embedding, args.hidden, args.layers)
-    model = CharLM(CharLMConfig(len(vocab), args.cell, *sizes, dropout=args.dropout, weight_dropout=args.weight_dropout))
+    dropout = DROPOUT["bf16" if config.bf16 else "float32"] if args.dropout is None else args.dropout
+    model = CharLM(CharLMConfig(len(vocab), args.cell, *sizes, dropout=dropout, weight_dropout=args.weight_dropout))
     tokens = vocab.encode(train_text)
     renaming = SpeakerRenaming(train_text, tokens, config.seed) if args.rename_speakers else None
     data = StreamBatches(tokens, config.batch_size, config.bptt_steps, context.rank, context.world_size, epoch_tokens=renaming)
