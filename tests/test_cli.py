@@ -106,7 +106,8 @@ def test_the_char_lm_default_fits_the_hour_in_float32_with_its_own_steps_and_chu
     assert (config("--bf16").steps, config("--bf16").bptt_steps) == (4000, 200)
     given = config("--no-bf16", "--steps", "7", "--bptt-steps", "30")
     assert (given.steps, given.bptt_steps, given.minutes) == (7, 30, None)
-    measured = config("--no-bf16", "--steps", "6000", "--bptt-steps", "50")  # the README's AVX2 hour, 2026-12-07
+    # the README's AVX2 hour, 2026-12-07 (and --dropout 0.2: the model's default, tested below)
+    measured = config("--no-bf16", "--steps", "6000", "--bptt-steps", "50")
     assert config("--no-bf16") == measured, "the float32 default trains as the run the README measured"
     timed = config("--no-bf16", "--minutes", "5")
     assert (timed.steps, timed.minutes, timed.bptt_steps) == (None, 5, 50)
@@ -136,10 +137,11 @@ def test_a_run_saves_its_resolved_precision_and_chunks_so_resume_trains_the_same
     assert (saved["bf16"], saved["bptt_steps"]) == (False, 50), "float32: the float32 chunks, saved as numbers"
     monkeypatch.setattr(rnnkit.cli, "cpu_has_bf16", lambda: True)  # the same run, resumed where bf16 is the default
     captured = {}
-    monkeypatch.setattr(rnnkit.cli.Trainer, "fit", lambda trainer: captured.setdefault("config", trainer.config))
+    monkeypatch.setattr(rnnkit.cli.Trainer, "fit", lambda trainer: captured.setdefault("trainer", trainer))
     parser, argv = build_parser(), ["train", "charlm", "--out", str(out), "--resume"]
     rnnkit.cli.run_train("charlm", argv, parser, parser.parse_args(argv))
-    assert (captured["config"].bf16, captured["config"].bptt_steps, captured["config"].steps) == (False, 50, 6000)
+    config, model = captured["trainer"].config, captured["trainer"].task.model
+    assert (config.bf16, config.bptt_steps, config.steps, model.config.dropout) == (False, 50, 6000, 0.2)
 
 
 def test_freed_memory_is_kept_by_default_and_the_flag_turns_it_off():
