@@ -57,13 +57,10 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
     )
     clip.add_argument("--clip-value", type=float, help="clip each gradient element instead")
     clip.add_argument("--no-clip", action="store_true", help="no clipping (the pre-clip norm is still logged)")
-    if "bptt_steps" in float32:  # None: the precision's default, chosen in train_config
-        bptt_help = f"truncated-BPTT chunk length (default: {base.bptt_steps}; {float32['bptt_steps']} in float32)"
-        group.add_argument("--bptt-steps", type=int, default=None, help=bptt_help)
-    else:
-        group.add_argument(
-            "--bptt-steps", type=int, default=base.bptt_steps, help="truncated-BPTT chunk length (default: %(default)s)"
-        )
+    chunk = f"{base.bptt_steps}; {float32['bptt_steps']} in float32" if "bptt_steps" in float32 else base.bptt_steps
+    group.add_argument(  # None: the precision's default, chosen in train_config
+        "--bptt-steps", type=int, default=None, help=f"truncated-BPTT chunk length (default: {chunk})"
+    )
     group.add_argument("--lr", type=float, default=base.lr, help="learning rate (default: %(default)s)")
     group.add_argument("--batch-size", type=int, default=base.batch_size, help="global batch size (default: %(default)s)")
     group.add_argument(
