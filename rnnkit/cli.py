@@ -46,7 +46,11 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
     default_budget = f"{defaults['steps']} steps" if defaults.get("steps") else f"{defaults.get('minutes')} minutes"
     if "steps" in float32:
         default_budget += f"; {float32['steps']} steps in float32"
-    budget.add_argument("--minutes", type=float, help=f"wall-time budget of this run (default budget: {default_budget})")
+    budget.add_argument(
+        "--minutes", type=float,
+        help=f"wall-time budget of this run; a cosine schedule then decays over the steps that fit it, sized from "
+        f"the run's pace (default budget: {default_budget})",
+    )  # fmt: skip
     group.add_argument("--out", default=None, help="run directory: checkpoints, metrics, plot, final model (default: runs/<app>)")
     group.add_argument("--seed", type=int, default=0, help="seeds weights, dropout and data order (default: 0)")
     group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -77,7 +81,7 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: dict[str, Any],
     group.add_argument(
         "--schedule",
         choices=("constant", "cosine", "step"),
-        help=f"after warm-up (default: {defaults.get('schedule', 'constant')} with --steps, constant with --minutes)",
+        help=f"after warm-up (default: {defaults.get('schedule', 'constant')})",
     )
     group.add_argument("--warmup-steps", type=int, default=base.warmup_steps)
     group.add_argument(
@@ -124,7 +128,7 @@ def train_config(args: argparse.Namespace, defaults: dict[str, Any]) -> TrainCon
     defaults = precision_defaults(defaults, bf16)
     bptt_steps = defaults.get("bptt_steps") if args.bptt_steps is None else args.bptt_steps
     steps, minutes = args.steps, args.minutes
-    schedule = args.schedule or (defaults.get("schedule", "constant") if (steps or not minutes) else "constant")
+    schedule = args.schedule or defaults.get("schedule", "constant")
     clip_norm = None if (args.no_clip or args.clip_value) else args.clip_norm
     if steps is None and minutes is None:
         steps, minutes = defaults.get("steps"), defaults.get("minutes")
@@ -245,9 +249,9 @@ def run_train(app_name: str, argv: list[str], parser: argparse.ArgumentParser, a
     saved = Path(args.out) / ARGS_FILE
     if args.resume and saved.is_file():  # the first run's options, unless given again now
         previous = json.loads(saved.read_text())
-        parser.app_parsers[app_name].set_defaults(
-            **{k: v for k, v in previous.items() if k not in ("steps", "minutes", "resume")}
-        )
+        # a budget given now replaces the first run's; with none, the run keeps its own
+        given_now = ("resume",) if args.steps is None and args.minutes is None else ("steps", "minutes", "resume")
+        parser.app_parsers[app_name].set_defaults(**{k: v for k, v in previous.items() if k not in given_now})
         args = parser.parse_args(argv)
         args.out = args.out or f"runs/{app_name}"
     config = train_config(args, app.TRAIN_DEFAULTS)

@@ -109,8 +109,8 @@ def test_the_char_lm_default_fits_the_hour_in_float32_with_its_own_steps_and_chu
     # the README's AVX2 hour, 2026-12-07 (and --dropout 0.2: the model's default, tested below)
     measured = config("--no-bf16", "--steps", "6000", "--bptt-steps", "50")
     assert config("--no-bf16") == measured, "the float32 default trains as the run the README measured"
-    timed = config("--no-bf16", "--minutes", "5")
-    assert (timed.steps, timed.minutes, timed.bptt_steps) == (None, 5, 50)
+    timed = config("--no-bf16", "--minutes", "5")  # the trainer sizes the steps that fit, for the cosine decay
+    assert (timed.steps, timed.minutes, timed.bptt_steps, timed.schedule) == (None, 5, 50, "cosine")
     sentiment = train_config(parser.parse_args(["train", "sentiment"]), get_app("sentiment").TRAIN_DEFAULTS)
     assert sentiment.bptt_steps == get_app("sentiment").TRAIN_DEFAULTS.get("bptt_steps")
 
@@ -129,6 +129,8 @@ def test_the_char_lm_dropout_follows_the_precision_unless_given(corpus):
 
 
 def test_a_run_saves_its_resolved_precision_and_chunks_so_resume_trains_the_same_run(corpus, tmp_path, monkeypatch):
+    """``args.json`` holds the first run's options as resolved; ``--resume`` alone trains the same
+    run (its precision, chunks, dropout and budget) even where the defaults differ."""
     monkeypatch.setattr(rnnkit.cli, "cpu_has_bf16", lambda: False)
     out = tmp_path / "run"
     tiny = [a for a in TINY if a not in ("--bptt-steps", "20")]
@@ -136,12 +138,21 @@ def test_a_run_saves_its_resolved_precision_and_chunks_so_resume_trains_the_same
     saved = json.loads((out / "args.json").read_text())
     assert (saved["bf16"], saved["bptt_steps"]) == (False, 50), "float32: the float32 chunks, saved as numbers"
     monkeypatch.setattr(rnnkit.cli, "cpu_has_bf16", lambda: True)  # the same run, resumed where bf16 is the default
-    captured = {}
-    monkeypatch.setattr(rnnkit.cli.Trainer, "fit", lambda trainer: captured.setdefault("trainer", trainer))
-    parser, argv = build_parser(), ["train", "charlm", "--out", str(out), "--resume"]
-    rnnkit.cli.run_train("charlm", argv, parser, parser.parse_args(argv))
-    config, model = captured["trainer"].config, captured["trainer"].task.model
-    assert (config.bf16, config.bptt_steps, config.steps, model.config.dropout) == (False, 50, 6000, 0.2)
+    monkeypatch.setattr(rnnkit.cli.Trainer, "fit", lambda trainer: trainer)
+
+    def resumed(*budget: str):
+        parser, argv = build_parser(), ["train", "charlm", "--out", str(out), "--resume", *budget]
+        trainer = rnnkit.cli.run_train("charlm", argv, parser, parser.parse_args(argv))[0]
+        return trainer.config, trainer.task.model.config.dropout
+
+    config, dropout = resumed()
+    assert (config.bf16, config.bptt_steps, config.steps, config.minutes, dropout) == (False, 50, 3, None, 0.2)
+    config, _ = resumed("--minutes", "7")
+    assert (config.steps, config.minutes) == (None, 7), "a budget given now replaces the first run's"
+    saved["steps"] = None  # as if the first run had taken the default budget
+    (out / "args.json").write_text(json.dumps(saved))
+    config, dropout = resumed()
+    assert (config.bf16, config.bptt_steps, config.steps, dropout) == (False, 50, 6000, 0.2), "float32's default"
 
 
 def test_freed_memory_is_kept_by_default_and_the_flag_turns_it_off():

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from rnnkit.train import (
     TrainingDiverged,
 )
 from rnnkit.train import checkpoint as ckpt
+from rnnkit.train import trainer as trainer_module
+from rnnkit.train.trainer import steps_that_fit
 
 HERE = Path(__file__).parent
 SCRIPT = str(HERE / "toy_training.py")
@@ -361,6 +364,80 @@ def test_minutes_budget_and_outputs(tmp_path):
     out = tmp_path / "run"
     assert {"model.safetensors", "config.json", "metrics.jsonl", "curves.png"} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "config.json").read_text())["app"] == "toy"
+
+
+def test_steps_that_fit():
+    assert steps_that_fit(60, seconds_per_step=0.5, seconds_left=100.0) == 260
+    assert steps_that_fit(60, seconds_per_step=0.3, seconds_left=1.0) == 63, "whole steps only"
+    assert steps_that_fit(60, seconds_per_step=1.0, seconds_left=-5.0) == 61, "the budget is spent: one more step"
+    with pytest.raises(ValueError, match="seconds_per_step must be positive, got 0"):
+        steps_that_fit(60, seconds_per_step=0, seconds_left=1.0)
+
+
+class StepClock:
+    """A stand-in for the trainer's ``time`` module whose monotonic clock moves ``seconds(step)``
+    with every training step (the task's loss moves it), so that sizing is exact and not timed."""
+
+    def __init__(self, task, seconds=lambda step: 1.0):
+        self.now = 0.0
+        self.perf_counter = time.perf_counter
+        loss = task.loss
+
+        def ticking_loss(*args):
+            self.now += seconds(task.step + 1)
+            return loss(*args)
+
+        task.loss = ticking_loss
+
+    def monotonic(self):
+        return self.now
+
+
+def train_records(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_time_budget_sizes_the_cosine_schedule_and_resume_keeps_it(tmp_path, monkeypatch):
+    """``minutes`` without ``steps``, cosine: steps 10-60 are timed (1 s each on the stand-in
+    clock), so the 120.5 s budget fits 60 + 60 steps; the rate ends at the schedule's floor, and
+    a run killed after step 100 and resumed under another budget keeps the 120 and ends equal."""
+    budget = {"steps": None, "minutes": 120.5 / 60, "schedule": "cosine", "warmup_steps": 5, "checkpoint_every": 50}
+
+    def run(out, seconds=lambda step: 1.0, **overrides):
+        trainer = build(config(tmp_path, out=str(tmp_path / out), **{**budget, **overrides}))
+        monkeypatch.setattr(trainer_module, "time", StepClock(trainer.task, seconds))
+        return trainer, trainer.fit()
+
+    trainer, result = run("whole")
+    assert (trainer.sized_steps, result.step, result.stopped) == (120, 120, "steps")
+    records = train_records(tmp_path / "whole")
+    assert [r for r in records if r["kind"] == "sized"] == [{"kind": "sized", "step": 60, "steps": 120, "seconds_per_step": 1.0}]
+    lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
+    assert lrs[60] == pytest.approx(2e-3), "the rate holds until the steps are sized"
+    assert lrs[120] == pytest.approx(2e-3 * trainer.config.min_lr_ratio), "and ends at the floor"
+    assert lrs[61] < lrs[60] and lrs[90] == pytest.approx(2e-3 * trainer.config.lr_factor(90))
+
+    run("run")
+    killed = tmp_path / "run" / "checkpoints"
+    for newest in ckpt.list_checkpoints(killed)[:1]:  # keep step 100: as if killed before step 120 was saved
+        shutil.rmtree(newest)
+    assert ckpt.load_latest(killed)[1]["sized_steps"] == 120
+    trainer, result = run("run", resume=True, minutes=10.0)
+    assert (trainer.sized_steps, result.step, result.stopped) == (120, 120, "steps")
+    assert_identical(weights(tmp_path / "whole"), weights(tmp_path / "run"))
+
+
+def test_time_budget_sizes_again_at_each_evaluation(tmp_path, monkeypatch):
+    """Steps take 1 s up to step 60, then 2 s. Sized at step 60 from steps 10-60 (1 s each: 60
+    more fit the 120.5 s), then after each evaluation from all the timed steps: at step 70, 70 s
+    over 60 steps leave 40.5 s for 34 more; at 80, 90 s over 70 leave 20.5 s for 15; at 90, 1.
+    The deadline stops the run at step 91, the last of the schedule."""
+    trainer = build(config(tmp_path, steps=None, minutes=120.5 / 60, schedule="cosine", eval_every=10))
+    monkeypatch.setattr(trainer_module, "time", StepClock(trainer.task, lambda step: 1.0 if step <= 60 else 2.0))
+    result = trainer.fit()
+    sized = [(r["step"], r["steps"]) for r in train_records(tmp_path / "run") if r["kind"] == "sized"]
+    assert sized == [(60, 120), (70, 104), (80, 95), (90, 91)]
+    assert (result.step, result.stopped) == (91, "time")
 
 
 def test_config_errors():

@@ -15,7 +15,10 @@ class TrainConfig:
     """Options of one training run. The CLI flag of each field is ``--field-name``.
 
     Budget: ``steps`` (total optimizer steps, counted across resumes) and/or ``minutes`` (wall
-    time of this invocation); training stops at whichever comes first.
+    time of this invocation); training stops at whichever comes first. A cosine schedule decays
+    over ``steps``; with ``minutes`` alone the trainer sizes ``steps`` to fit the time from the
+    run's pace, and sizes again at each evaluation (:func:`rnnkit.train.trainer.steps_that_fit`),
+    so that the decay ends as the time runs out whatever the machine.
     """
 
     steps: int | None = None
@@ -73,8 +76,6 @@ class TrainConfig:
             raise ValueError("warmup_steps and weight_decay must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1 or not 0 < self.step_gamma <= 1:
             raise ValueError("min_lr_ratio must be in [0, 1] and step_gamma in (0, 1]")
-        if self.schedule == "cosine" and self.steps is None:
-            raise ValueError("schedule='cosine' needs steps (it decays over the whole run)")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,10 +87,10 @@ class TrainConfig:
 
     def lr_factor(self, step: int) -> float:
         """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warm-up, then
-        the schedule."""
+        the schedule. A cosine schedule whose ``steps`` are not sized yet holds the rate."""
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        if self.schedule == "cosine":
+        if self.schedule == "cosine" and self.steps is not None:
             span = max(1, self.steps - self.warmup_steps)
             progress = min(1.0, (step - self.warmup_steps) / span)
             return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -17,7 +17,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ from rnnkit.train.distributed import DistContext, all_gather_cat, all_reduce_sum
 from rnnkit.train.metrics import MetricsLog, plot_curves
 
 BEST_WEIGHTS = "best-weights.safetensors"  # with restore_best: the weights of the best evaluation so far
+#: A run with a time budget and a cosine schedule sizes its step count after timing this many
+#: optimizer steps, not counting its first SIZING_SKIP (allocations, kernel set-up).
+SIZING_SKIP, SIZING_STEPS = 10, 50
 
 
 class Task(ABC):
@@ -95,6 +98,15 @@ class TrainResult:
     skipped_steps: int = 0
 
 
+def steps_that_fit(step: int, seconds_per_step: float, seconds_left: float) -> int:
+    """The step a run now at ``step`` reaches when the ``seconds_left`` of its time budget go
+    at ``seconds_per_step`` (its mean pace so far, evaluations included): the step count a
+    cosine schedule decays over under ``--minutes`` (see ``Trainer._size_steps``)."""
+    if seconds_per_step <= 0:
+        raise ValueError(f"seconds_per_step must be positive, got {seconds_per_step!r}")
+    return step + max(1, int(max(0.0, seconds_left) / seconds_per_step))
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig, groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
     """The configured optimizer over ``model``'s parameters, in ``groups`` (see
     :meth:`Task.parameter_groups`) or in one group."""
@@ -133,7 +145,8 @@ class Trainer:
         if self.context.active:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=task.partial_updates)
         self.optimizer = make_optimizer(self.model, config, task.parameter_groups())
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, config.lr_factor)
+        # reads self.config at every step: a time-budgeted cosine run sizes its steps once running
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: self.config.lr_factor(step))
         self.out = Path(config.out)
         self.checkpoints = self.out / "checkpoints"
         self.log = MetricsLog(self.out / "metrics.jsonl")
@@ -147,6 +160,8 @@ class Trainer:
         self.skipped = 0
         self.last_eval: dict[str, float] = {}
         self._interrupted = False
+        self.sized_steps: int | None = None  # set by _size_steps
+        self._sizing_from: tuple[int, float] | None = None  # (step, time) the sizing's timing starts from
         # Polyak averaging: evaluations and the exported model use these weights, not the last step's
         self.ema: dict[str, Tensor] | None = None
         if config.ema_decay is not None:
@@ -156,14 +171,17 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train until ``steps`` or ``minutes`` runs out, early stopping or Ctrl-C; checkpoint
         every ``checkpoint_every`` steps and at the end; write the model, metrics and plot."""
-        config, main = self.config, self.context.is_main
+        main = self.context.is_main
         self._start_or_resume()
+        config = self.config  # the restored step count, if the run being resumed sized one
         deadline = None if config.minutes is None else time.monotonic() + 60 * config.minutes
+        sizing = deadline is not None and config.steps is None and config.schedule == "cosine"
+        timed_from = self.step + SIZING_SKIP  # this invocation's first steps are not timed
         previous_handler = self._catch_interrupt()
         bar = self._progress_bar()
         stopped, tokens, busy = "steps", 0, 0.0
         try:
-            while config.steps is None or self.step < config.steps:
+            while self.config.steps is None or self.step < self.config.steps:
                 started = time.perf_counter()
                 loss, norm, batch_tokens = self._train_step()
                 busy += time.perf_counter() - started
@@ -181,6 +199,8 @@ class Trainer:
                     if bar is not None and self.last_eval:
                         shown = ", ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if isinstance(v, float))
                         bar.write(f"step {self.step}: {shown}")
+                if sizing:
+                    self._size_steps(deadline, timed_from, bar)
                 if deadline is not None and time.monotonic() >= deadline:
                     stop = stop or "time"
                 if self._interrupted:
@@ -303,6 +323,37 @@ class Trainer:
         patience = self.config.early_stop_patience
         return patience is not None and self.evals_since_best >= patience
 
+    def _size_steps(self, deadline: float, timed_from: int, bar: Any) -> None:
+        """Under a time budget with a cosine schedule, the step count the schedule decays over.
+
+        The steps from ``timed_from`` on are timed, evaluations included. After SIZING_STEPS of
+        them, and again after each evaluation, ``steps`` becomes what fits the rest of the budget
+        at their mean speed (:func:`steps_that_fit`; the mean over ranks, so that all agree): a
+        slow start or a change of pace moves the end of the decay, not past the deadline.
+        """
+        if self.step == timed_from:
+            self._sizing_from = (self.step, time.monotonic())
+            return
+        if self._sizing_from is None:
+            return
+        first_step, started = self._sizing_from
+        if self.step - first_step < SIZING_STEPS:
+            return
+        if self.sized_steps is not None and self.step % self.config.eval_every != 0:
+            return
+        now = time.monotonic()
+        per_step = (now - started) / (self.step - first_step)
+        fit = torch.tensor([float(steps_that_fit(self.step, per_step, deadline - now))], dtype=torch.float64)
+        first = self.sized_steps is None
+        self.sized_steps = int(all_reduce_sum(fit, self.context).item() / self.context.world_size)
+        self.config = replace(self.config, steps=self.sized_steps)
+        if self.context.is_main:
+            self.log.write({"kind": "sized", "step": self.step, "steps": self.sized_steps, "seconds_per_step": per_step})
+        if bar is not None:
+            bar.total = self.sized_steps
+            if first:
+                bar.write(f"time budget: {self.sized_steps} steps at {per_step:.3f} s a step (sized again at each evaluation)")
+
     def _agree(self, stop: bool) -> bool:
         """Every rank stops at the same step: any rank's reason to stop stops all."""
         if not self.context.active:
@@ -350,6 +401,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "python_random": _jsonable(random.getstate()),
             "carry_kind": carry_kind,
+            "sized_steps": self.sized_steps,
             "counters": {"best": self.best, "best_step": self.best_step, "evals_since_best": self.evals_since_best,
                          "consecutive_bad": self.consecutive_bad, "skipped": self.skipped},
         }  # fmt: skip
@@ -375,6 +427,11 @@ class Trainer:
         self.best, self.best_step = counters["best"], counters["best_step"]
         self.evals_since_best, self.consecutive_bad = counters["evals_since_best"], counters["consecutive_bad"]
         self.skipped = counters["skipped"]
+        # a time-budgeted cosine run keeps the step count it sized, if it is resumed under a time budget again
+        sized = meta.get("sized_steps")
+        if sized is not None and self.config.steps is None and self.config.schedule == "cosine":
+            self.sized_steps = int(sized)
+            self.config = replace(self.config, steps=self.sized_steps)
         state, rank, world = tensors["state"], self.context.rank, self.context.world_size
         rng = state["rng"]
         if meta["world_size"] != world:
